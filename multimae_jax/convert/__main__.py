@@ -1,0 +1,47 @@
+"""python -m multimae_jax.convert SRC OUT
+
+SRC: an official MultiMAE / MultiViT or timm ViT `.pth` (or an exported .safetensors / .npz), or
+a multimae_jax checkpoint directory. OUT: a directory (a multimae_jax checkpoint: Orbax
+variables + model.json) or, ending in .safetensors / .npz, a file in the official key layout
+that the official PyTorch code loads with `model.load_state_dict(...)`.
+"""
+import argparse
+import sys
+
+import jax
+
+from multimae_jax import pretrained
+from multimae_jax.convert import export, official
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m multimae_jax.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src")
+    parser.add_argument("out")
+    parser.add_argument("--num_heads", type=int, help="encoder heads (default: width / 64)")
+    parser.add_argument("--decoder_num_heads", type=int, help="decoder heads (default: width / 32)")
+    parser.add_argument("--patch_size", type=int, default=16)
+    parser.add_argument("--emb_padding_idx", type=int, help="semseg class-embedding padding row")
+    parser.add_argument("--main_tasks", nargs="+", help="tasks a ConvNeXt / DPT head reads")
+    parser.add_argument("--hooks", type=int, nargs=4, help="encoder blocks a DPT head reads")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("src", "out") and v is not None}
+    try:
+        model, variables = pretrained.load_pretrained(args.src, **overrides)
+        if args.out.endswith((".safetensors", ".npz")):
+            export.save_state_dict(official.flax_to_official(variables), args.out)
+        else:
+            pretrained.save_checkpoint(model, variables, args.out)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    n = sum(v.size for v in jax.tree.leaves(variables.get("params", {})))
+    print(f"{type(model).__name__}: {len(model.input_adapters)} input adapter(s) "
+          f"{list(model.input_adapters)}, outputs {list(model.output_adapters or [])}, "
+          f"{n:,} parameters -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

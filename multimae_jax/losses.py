@@ -1,0 +1,102 @@
+"""Masked reconstruction losses (reference §3), NHWC, reduced as the official criteria.
+
+The official reduction: per-pixel loss averaged over channels, then per sample the mean over the
+pixels of masked patches, then the mean over the samples that have any masked patch; 0 when
+nothing in the batch is masked. `mask` is (B, N) with 1 = masked; None averages over everything.
+Working per patch is exact here because a patch's pixels share one mask value.
+"""
+import jax
+import jax.numpy as jnp
+
+from multimae_jax import modalities
+
+
+def _patch_means(pixel_loss: jax.Array, s: int) -> jax.Array:
+    """(B, H, W) -> (B, (H/s) * (W/s)) mean loss of each s x s patch, row-major."""
+    b, h, w = pixel_loss.shape
+    return pixel_loss.reshape(b, h // s, s, w // s, s).mean(axis=(2, 4)).reshape(b, -1)
+
+
+def reduce_masked(pixel_loss: jax.Array, mask: jax.Array | None, s: int) -> jax.Array:
+    """Official reduction of a (B, H, W) loss map with a (B, N) patch mask of patch size s."""
+    if mask is None:
+        return pixel_loss.mean()
+    mask = mask.astype(jnp.float32)
+    per_patch = _patch_means(pixel_loss, s)
+    if per_patch.shape != mask.shape:
+        raise ValueError(f"mask shape {mask.shape} does not match the {per_patch.shape[1]} "
+                         f"patches of a {pixel_loss.shape[1:]} prediction with patch size {s}")
+    count = mask.sum(axis=1)
+    per_sample = (per_patch * mask).sum(axis=1) / jnp.maximum(count, 1.0)
+    has_masked = (count > 0).astype(jnp.float32)
+    return (per_sample * has_masked).sum() / jnp.maximum(has_masked.sum(), 1.0)
+
+
+def normalize_patches(target: jax.Array, s: int, eps: float = 1e-6) -> jax.Array:
+    """norm_pix targets: each s x s patch standardised by its mean and *unbiased* variance over
+    all its pixels and channels. (B, H, W, C) -> same shape."""
+    b, h, w, c = target.shape
+    p = target.reshape(b, h // s, s, w // s, s, c)
+    mean = p.mean(axis=(2, 4, 5), keepdims=True)
+    var = p.var(axis=(2, 4, 5), keepdims=True, ddof=1)
+    return ((p - mean) / jnp.sqrt(var + eps)).reshape(b, h, w, c)
+
+
+def _patch_size(patch_size: int, stride: int) -> int:
+    return max(1, patch_size // stride)
+
+
+def masked_mse(pred, target, mask=None, patch_size: int = 16, stride: int = 1,
+               norm_pix: bool = False) -> jax.Array:
+    """MaskedMSELoss. pred, target: (B, H, W, C); mask: (B, N) or None."""
+    s = _patch_size(patch_size, stride)
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    if norm_pix:
+        target = normalize_patches(target, s)
+    return reduce_masked(jnp.square(pred - target).mean(axis=-1), mask, s)
+
+
+def masked_l1(pred, target, mask=None, patch_size: int = 16, stride: int = 1,
+              norm_pix: bool = False) -> jax.Array:
+    """MaskedL1Loss. pred, target: (B, H, W, C); mask: (B, N) or None."""
+    s = _patch_size(patch_size, stride)
+    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
+    if norm_pix:
+        target = normalize_patches(target, s)
+    return reduce_masked(jnp.abs(pred - target).mean(axis=-1), mask, s)
+
+
+def masked_cross_entropy(logits, labels, mask=None, patch_size: int = 16, stride: int = 1,
+                         label_smoothing: float = 0.0, ignore_index: int = -100) -> jax.Array:
+    """MaskedCrossEntropyLoss. logits (B, h, w, C) at 1/stride resolution, labels (B, h, w) int.
+
+    Pixels labelled `ignore_index` contribute 0 (PyTorch reduction='none'), as in the official code.
+    """
+    s = _patch_size(patch_size, stride)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    valid = labels != ignore_index
+    safe = jnp.where(valid, labels, 0)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    if label_smoothing:
+        nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
+    return reduce_masked(jnp.where(valid, nll, 0.0), mask, s)
+
+
+def pretraining_losses(preds: dict, inputs: dict, masks: dict, patch_size: int = 16,
+                       loss_on_unmasked: bool = False) -> dict:
+    """Loss of every decoder output, as the official pre-training loop computes them.
+
+    Each output's target and mask are those of its modality's `target` input (norm_rgb uses the
+    rgb image and the rgb mask). Returns {task: scalar}; their plain sum is the training loss.
+    """
+    out = {}
+    for task, pred in preds.items():
+        m = modalities.get(task)
+        mask = None if loss_on_unmasked else masks.get(m.target)
+        target = inputs[m.target]
+        if m.loss == "cross_entropy":
+            out[task] = masked_cross_entropy(pred, target, mask, patch_size, m.stride_level)
+        else:
+            fn = masked_mse if m.loss == "mse" else masked_l1
+            out[task] = fn(pred, target, mask, patch_size, m.stride_level, m.norm_pix)
+    return out

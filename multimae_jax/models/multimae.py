@@ -1,0 +1,177 @@
+"""MultiMAE (masked multi-modal encoder + decoders) and MultiViT (full forward), reference §1.3.
+
+Adapters are passed as unbound Flax modules keyed by task; the model adopts them under the
+official scopes `input_adapters/<task>` and `output_adapters/<task>`. Task order is the order of
+`input_adapters` (not of the input dict, whose order `jit` does not keep).
+"""
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+import numpy as np
+
+from multimae_jax import masking
+from multimae_jax.models import inits
+from multimae_jax.models.layers import BlockStack
+
+
+class AdapterGroup(nn.Module):
+    """Named adapters in one scope (the official `nn.ModuleDict`), each cloned with `overrides`."""
+    adapters: Mapping[str, nn.Module]
+    overrides: Mapping[str, Mapping[str, Any]]
+
+    def setup(self):
+        self.members = {name: module.clone(parent=self, name=name, **self.overrides.get(name, {}))
+                        for name, module in self.adapters.items()}
+
+    def __call__(self, name: str, *args, **kwargs):
+        return self.members[name](*args, **kwargs)
+
+
+class _Backbone(nn.Module):
+    """Fields, adapters and encoder shared by MultiMAE and MultiViT."""
+    input_adapters: Mapping[str, nn.Module]
+    output_adapters: Mapping[str, nn.Module] | None = None
+    num_global_tokens: int = 1
+    dim_tokens: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    remat: bool = False
+    fp32_output_adapters: Sequence[str] = ()
+    dtype: Any = jnp.float32
+
+    def setup(self):
+        self.inputs = AdapterGroup(
+            self.input_adapters, {t: {"dim_tokens": self.dim_tokens, "dtype": self.dtype}
+                                  for t in self.input_adapters}, name="input_adapters")
+        if self.output_adapters:
+            self.outputs = AdapterGroup(
+                self.output_adapters,
+                {t: {"dtype": jnp.float32 if t in self.fp32_output_adapters else self.dtype}
+                 for t in self.output_adapters}, name="output_adapters")
+        self.global_tokens = self.param("global_tokens", inits.trunc_normal_02,
+                                        (1, self.num_global_tokens, self.dim_tokens))
+        self.encoder = BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias,
+                                  self.drop_rate, self.attn_drop_rate, self.drop_path_rate,
+                                  self.remat, self.dtype)
+
+    def tokenize(self, x: Mapping[str, jax.Array]):
+        """Runs the input adapters of the tasks present in x.
+
+        Returns ({task: (B, N_t, D)} in adapter order, input_info) where input_info is the
+        official dict: tasks -> {num_tokens, start_idx, end_idx}, image_size, num_task_tokens,
+        num_global_tokens.
+        """
+        tasks = [t for t in self.input_adapters if t in x]
+        if not tasks:
+            raise ValueError(f"inputs {sorted(x)} contain none of the model's input tasks "
+                             f"{list(self.input_adapters)}")
+        first = x[tasks[0]]
+        stride = self.input_adapters[tasks[0]].stride_level
+        image_size = (first.shape[1] * stride, first.shape[2] * stride)
+        tokens = {t: self.inputs(t, x[t]) for t in tasks}
+        info, start = {}, 0
+        for t in tasks:
+            n = tokens[t].shape[1]
+            info[t] = {"num_tokens": n, "has_2d_posemb": True, "start_idx": start,
+                       "end_idx": start + n}
+            start += n
+        return tokens, {"tasks": info, "image_size": image_size, "num_task_tokens": start,
+                        "num_global_tokens": self.num_global_tokens}
+
+    def with_global_tokens(self, tokens: jax.Array) -> jax.Array:
+        """Appends the global tokens after the patch tokens: (B, K, D) -> (B, K + G, D)."""
+        g = jnp.broadcast_to(self.global_tokens, (tokens.shape[0],) + self.global_tokens.shape[1:])
+        return jnp.concatenate([tokens, g.astype(tokens.dtype)], axis=1)
+
+
+class MultiMAE(_Backbone):
+    """Masked multi-modal autoencoder.
+
+    Call with inputs {task: array} (images (B, H, W, C), semseg (B, H/4, W/4) int) and either
+    `task_masks` {task: (B, N_t)} (1 = masked; every sample must keep the same number of visible
+    tokens) or random masks drawn from the 'masking' RNG stream (Dirichlet split of
+    `num_encoded_tokens`, default 128 as the official signature). Returns (preds, masks):
+    preds {task: (B, H', W', C)} from the output adapters, or with no output adapters the encoder
+    tokens (B, K + G, D); masks {task: (B, N_t)} int32.
+
+    With given masks under `jit` the visible count cannot be read from the (traced) masks, so
+    `num_encoded_tokens` must then be passed and every sample must keep exactly that many.
+    """
+
+    def __call__(self, x: Mapping[str, jax.Array], task_masks: Mapping[str, jax.Array] | None = None,
+                 *, num_encoded_tokens: int | None = None, alphas=1.0,
+                 sample_tasks_uniformly: bool = False, mask_inputs: bool = True,
+                 train: bool = False):
+        tokens, info = self.tokenize(x)
+        num_tokens = {t: i["num_tokens"] for t, i in info["tasks"].items()}
+        batch, total = next(iter(tokens.values())).shape[0], info["num_task_tokens"]
+        if not mask_inputs:
+            mask_all, ids_keep, ids_restore = masking.no_masking(batch, total)
+        elif task_masks is None:
+            mask_all, ids_keep, ids_restore = masking.random_masks(
+                self.make_rng("masking"), list(num_tokens.values()), batch,
+                128 if num_encoded_tokens is None else num_encoded_tokens, alphas,
+                sample_tasks_uniformly)
+        else:
+            k = self._visible_count(task_masks, num_tokens, num_encoded_tokens)
+            mask_all, ids_keep, ids_restore = masking.masks_to_ids(
+                jnp.concatenate([jnp.asarray(task_masks[t], jnp.int32) for t in num_tokens], 1), k)
+
+        seq = jnp.concatenate(list(tokens.values()), axis=1)
+        seq = jnp.take_along_axis(seq, ids_keep[..., None], axis=1)
+        encoded = self.encoder(self.with_global_tokens(seq), train)
+        masks = masking.split_by_task(mask_all, num_tokens)
+        if not self.output_adapters:
+            return encoded, masks
+        preds = {}
+        for task in self.output_adapters:
+            inp = encoded.astype(jnp.float32) if task in self.fp32_output_adapters else encoded
+            preds[task] = self.outputs(task, inp, info, ids_keep, ids_restore, train=train)
+        return preds, masks
+
+    @staticmethod
+    def _visible_count(task_masks, num_tokens: dict, num_encoded_tokens: int | None) -> int:
+        """Checks the given masks' shapes and returns the visible tokens per sample."""
+        missing = [t for t in num_tokens if t not in task_masks]
+        if missing:
+            raise ValueError(f"task_masks: no mask for input task(s) {missing}")
+        for t, n in num_tokens.items():
+            if task_masks[t].ndim != 2 or task_masks[t].shape[1] != n:
+                raise ValueError(f"task_masks['{t}']: expected shape (B, {n}), "
+                                 f"got {tuple(task_masks[t].shape)}")
+        if any(isinstance(task_masks[t], jax.core.Tracer) for t in num_tokens):
+            if num_encoded_tokens is None:
+                raise ValueError("task_masks are traced (under jit): pass num_encoded_tokens, the "
+                                 "number of visible tokens each sample keeps")
+            return num_encoded_tokens
+        k = masking.count_visible(np.concatenate([np.asarray(task_masks[t]) for t in num_tokens], 1))
+        if num_encoded_tokens is not None and k != num_encoded_tokens:
+            raise ValueError(f"task_masks keep {k} visible tokens per sample, but "
+                             f"num_encoded_tokens={num_encoded_tokens}")
+        return k
+
+
+class MultiViT(_Backbone):
+    """The same network without masking (fine-tuning and feature extraction).
+
+    Returns the encoder tokens (B, N + G, D) (or, with `return_all_layers`, the list of every
+    block's output) when there are no output adapters, else {task: head output}; heads receive
+    the last block's tokens and, as `all_layers`, every block's output (DPT uses them).
+    """
+
+    def __call__(self, x: Mapping[str, jax.Array], *, return_all_layers: bool = False,
+                 train: bool = False):
+        tokens, info = self.tokenize(x)
+        seq = self.with_global_tokens(jnp.concatenate(list(tokens.values()), axis=1))
+        layers = self.encoder(seq, train, return_all=True)
+        if not self.output_adapters:
+            return layers if return_all_layers else layers[-1]
+        return {task: self.outputs(task, layers[-1], info, all_layers=layers, train=train)
+                for task in self.output_adapters}

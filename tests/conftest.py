@@ -1,0 +1,38 @@
+"""Shared pytest fixtures: the official-implementation reference files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Sharding tests need several devices: 8 fake CPU devices, set before JAX starts.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np
+import pytest
+
+OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    """Folder of reference checkpoints (.pth) and outputs (.npz + .json) from the
+    official PyTorch MultiMAE. Its absence is an error: parity is never silently skipped."""
+    if not OFFICIAL_DIR.is_dir():
+        pytest.fail(f"official fixtures not found at {OFFICIAL_DIR} (shared/ must sit beside the repo)")
+    return OFFICIAL_DIR
+
+
+@pytest.fixture(scope="session")
+def official_npz(official_dir):
+    """``official_npz(name)`` -> dict of the arrays in ``<official_dir>/<name>.npz``."""
+    cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def load(name: str) -> dict[str, np.ndarray]:
+        if name not in cache:
+            with np.load(official_dir / f"{name}.npz", allow_pickle=False) as npz:
+                cache[name] = {key: npz[key] for key in npz.files}
+        return cache[name]
+
+    return load
