@@ -5,10 +5,11 @@ from multimae_jax.models.input_adapters import PatchedInputAdapter, SemSegInputA
 from multimae_jax.models.multimae import MultiMAE, MultiViT
 from multimae_jax.models.output_adapters import LinearOutputAdapter, SpatialOutputAdapter
 from multimae_jax.models.presets import multivit, pretrain_multimae
-from multimae_jax.pretrained import load_pretrained, save_checkpoint
+from multimae_jax.pretrained import finetune_init, load_pretrained, save_checkpoint
 
 __all__ = [
     "ConvNeXtAdapter", "DPTOutputAdapter", "LinearOutputAdapter", "MultiMAE", "MultiViT",
-    "PatchedInputAdapter", "SemSegInputAdapter", "SpatialOutputAdapter", "load_pretrained",
+    "PatchedInputAdapter", "SemSegInputAdapter", "SpatialOutputAdapter", "finetune_init",
+    "load_pretrained",
     "losses", "masking", "modalities", "multivit", "pretrain_multimae", "save_checkpoint",
 ]

@@ -46,24 +46,24 @@ def _patch_size(patch_size: int, stride: int) -> int:
     return max(1, patch_size // stride)
 
 
-def masked_mse(pred, target, mask=None, patch_size: int = 16, stride: int = 1,
-               norm_pix: bool = False) -> jax.Array:
-    """MaskedMSELoss. pred, target: (B, H, W, C); mask: (B, N) or None."""
+def _masked_regression(error_fn, pred, target, mask, patch_size, stride, norm_pix):
     s = _patch_size(patch_size, stride)
     pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
     if norm_pix:
         target = normalize_patches(target, s)
-    return reduce_masked(jnp.square(pred - target).mean(axis=-1), mask, s)
+    return reduce_masked(error_fn(pred - target).mean(axis=-1), mask, s)
+
+
+def masked_mse(pred, target, mask=None, patch_size: int = 16, stride: int = 1,
+               norm_pix: bool = False) -> jax.Array:
+    """MaskedMSELoss. pred, target: (B, H, W, C); mask: (B, N) or None."""
+    return _masked_regression(jnp.square, pred, target, mask, patch_size, stride, norm_pix)
 
 
 def masked_l1(pred, target, mask=None, patch_size: int = 16, stride: int = 1,
               norm_pix: bool = False) -> jax.Array:
     """MaskedL1Loss. pred, target: (B, H, W, C); mask: (B, N) or None."""
-    s = _patch_size(patch_size, stride)
-    pred, target = pred.astype(jnp.float32), target.astype(jnp.float32)
-    if norm_pix:
-        target = normalize_patches(target, s)
-    return reduce_masked(jnp.abs(pred - target).mean(axis=-1), mask, s)
+    return _masked_regression(jnp.abs, pred, target, mask, patch_size, stride, norm_pix)
 
 
 def masked_cross_entropy(logits, labels, mask=None, patch_size: int = 16, stride: int = 1,

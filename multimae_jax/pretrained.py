@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from multimae_jax.convert import export, infer, official, pth_reader, timm
+from multimae_jax.convert import export, finetune, infer, official, pth_reader, timm
 from multimae_jax.models import presets, spec
 
 MODEL_FILE = "model.json"
@@ -97,3 +97,16 @@ def load_pretrained(path, **model_overrides):
         raise ValueError(f"{path}: cannot build a model from its weights: {e}") from e
     variables = official.official_to_flax(sd, spec.abstract_variables(model), str(path))
     return model, jax.tree.map(np.asarray, variables)
+
+
+def finetune_init(variables: dict, path):
+    """The new model's `variables` with the pre-trained checkpoint at `path` (any format that
+    `load_pretrained` reads) loaded as the official fine-tuning scripts do; see
+    `multimae_jax.convert.finetune`. Returns (variables, report)."""
+    path = Path(path)
+    if path.is_dir():
+        _, own = _load_own(path)
+        sd = official.flax_to_official(own)
+    else:
+        sd, _ = official_state_dict(path)
+    return finetune.finetune_init(variables, sd, str(path))

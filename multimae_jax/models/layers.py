@@ -71,13 +71,17 @@ def _attend(q, k, v, num_heads: int, attn_drop: float, train: bool, dtype: Dtype
     return jnp.einsum("bhnm,bmhd->bnhd", attn, split(v)).reshape(b, n, c)
 
 
-class Attention(nn.Module):
-    """Self-attention with one fused `qkv` Dense (rows [Q | K | V]) and a `proj` Dense."""
+class _AttentionConfig(nn.Module):
+    """Fields shared by Attention and CrossAttention."""
     num_heads: int = 8
     qkv_bias: bool = False
     attn_drop: float = 0.0
     proj_drop: float = 0.0
     dtype: Dtype = jnp.float32
+
+
+class Attention(_AttentionConfig):
+    """Self-attention with one fused `qkv` Dense (rows [Q | K | V]) and a `proj` Dense."""
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -89,13 +93,8 @@ class Attention(nn.Module):
         return nn.Dropout(self.proj_drop, deterministic=not train)(x)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_AttentionConfig):
     """Queries x (B, N, C) attend to context (B, M, C); `q` Dense, fused `kv` Dense (rows [K | V])."""
-    num_heads: int = 8
-    qkv_bias: bool = False
-    attn_drop: float = 0.0
-    proj_drop: float = 0.0
-    dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, context: jax.Array, train: bool = False) -> jax.Array:

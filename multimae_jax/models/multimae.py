@@ -146,12 +146,14 @@ class MultiMAE(_Backbone):
             if task_masks[t].ndim != 2 or task_masks[t].shape[1] != n:
                 raise ValueError(f"task_masks['{t}']: expected shape (B, {n}), "
                                  f"got {tuple(task_masks[t].shape)}")
-        if any(isinstance(task_masks[t], jax.core.Tracer) for t in num_tokens):
+        try:
+            concrete = np.concatenate([np.asarray(task_masks[t]) for t in num_tokens], 1)
+        except jax.errors.TracerArrayConversionError:
             if num_encoded_tokens is None:
                 raise ValueError("task_masks are traced (under jit): pass num_encoded_tokens, the "
-                                 "number of visible tokens each sample keeps")
+                                 "number of visible tokens each sample keeps") from None
             return num_encoded_tokens
-        k = masking.count_visible(np.concatenate([np.asarray(task_masks[t]) for t in num_tokens], 1))
+        k = masking.count_visible(concrete)
         if num_encoded_tokens is not None and k != num_encoded_tokens:
             raise ValueError(f"task_masks keep {k} visible tokens per sample, but "
                              f"num_encoded_tokens={num_encoded_tokens}")

@@ -67,12 +67,13 @@ def pretrain_multimae(size: str = "base", input_tasks: Sequence[str] = ("rgb", "
 
 def multivit(size: str = "base", input_tasks: Sequence[str] = ("rgb",), heads: dict | None = None,
              image_size=224, patch_size: int = 16, semseg_num_classes: int = 133,
-             emb_padding_idx: int | None = None, num_global_tokens: int = 1,
+             dim_class_emb: int = 64, emb_padding_idx: int | None = None,
+             num_global_tokens: int = 1,
              dtype: Any = jnp.float32, **encoder_kwargs) -> MultiViT:
     """The official `multivit_<size>` for fine-tuning: input adapters at `image_size` plus
     `heads` ({name: head module}, e.g. LinearOutputAdapter, ConvNeXtAdapter, DPTOutputAdapter)."""
-    inputs = {t: input_adapter(t, image_size, patch_size, semseg_num_classes,
-                               emb_padding_idx=emb_padding_idx) for t in input_tasks}
+    inputs = {t: input_adapter(t, image_size, patch_size, semseg_num_classes, dim_class_emb,
+                               emb_padding_idx) for t in input_tasks}
     kwargs = vit_preset(size) | encoder_kwargs
     return MultiViT(inputs, heads or None, num_global_tokens=num_global_tokens, dtype=dtype,
                     **kwargs)
