@@ -31,8 +31,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.masking.sample_tasks_uniformly = False
 
     c.data = ml_collections.ConfigDict()
-    c.data.path = ""  # empty: the embedded synthetic scenes
+    c.data.path = ""  # empty: the embedded synthetic scenes; a folder (official layout) or shards
     c.data.global_batch_size = 2048
+    c.data.num_workers = 8  # host processes decoding + augmenting (per training process)
+    c.data.hflip = 0.5
+    c.data.standardize_depth = True
+    c.data.skip_corrupt = False  # True: drop undecodable samples (logged) instead of stopping
+    c.data.allow_incomplete = False  # True: train on the samples that have every modality
+    c.data.synthetic_samples = 100_000
 
     if variant == "tiny":
         c.model.size = "tiny"
@@ -44,6 +50,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.model.overrides = ml_collections.ConfigDict(dict(dim_tokens=96, depth=4, num_heads=3))
         c.masking.num_encoded_tokens = 8
         c.data.global_batch_size = 16
+        c.data.num_workers = 0
+        c.data.synthetic_samples = 2_000
     elif variant:
         raise ValueError(f"configs/pretrain.py: unknown variant '{variant}' (known: tiny)")
     return c

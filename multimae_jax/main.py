@@ -1,32 +1,20 @@
 """python -m multimae_jax.main --config=configs/pretrain.py[:variant] [--config.a.b=v ...]
 
-Until the trainer lands, this builds the configured MultiMAE, runs one masked forward pass on a
-random batch and prints the model size and the per-task losses.
+Until the trainer lands, this builds the configured MultiMAE and the data pipeline (the embedded
+synthetic scenes unless data.path is set), runs one masked forward pass on a real batch and prints
+the model size and the per-task losses.
 """
 import jax
 import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from multimae_jax import losses, modalities
+from multimae_jax import losses
+from multimae_jax.data.pipeline import make_dataset, make_source
+from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.presets import pretrain_multimae
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
-
-
-def random_batch(config, batch: int, seed: int) -> dict:
-    """Random inputs of the configured tasks (images standard normal, labels uniform)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for task in config.model.input_tasks:
-        m = modalities.get(task)
-        size = config.model.image_size // m.stride_level
-        if m.kind == "labels":
-            out[task] = rng.integers(0, config.model.semseg_num_classes, (batch, size, size),
-                                     dtype=np.int32)
-        else:
-            out[task] = rng.normal(size=(batch, size, size, m.channels)).astype(np.float32)
-    return out
 
 
 def main(argv) -> None:
@@ -37,7 +25,16 @@ def main(argv) -> None:
                               mc.patch_size, mc.decoder_dim, mc.decoder_depth,
                               mc.decoder_num_heads, mc.semseg_num_classes,
                               num_global_tokens=mc.num_global_tokens, **mc.overrides.to_dict())
-    batch = random_batch(config, 2, config.seed)
+    tasks = tuple(mc.input_tasks)
+    source = make_source(config.data.path, tasks, synthetic_samples=config.data.synthetic_samples,
+                         synthetic_size=mc.image_size, num_classes=mc.semseg_num_classes,
+                         seed=config.seed, allow_incomplete=config.data.allow_incomplete)
+    print(f"data: {source!r}")
+    host = next(iter(make_dataset(source, tasks, image_size=mc.image_size, local_batch_size=2,
+                                  seed=config.seed, skip_corrupt=config.data.skip_corrupt,
+                                  hflip=config.data.hflip)))
+    batch = jax.jit(prepare_batch, static_argnums=1)(
+        {t: host[t] for t in tasks}, config.data.standardize_depth)
     key = jax.random.key(config.seed)
     variables = jax.jit(lambda x: model.init(key, x, mask_inputs=False))(batch)
     n = sum(v.size for v in jax.tree.leaves(variables["params"]))

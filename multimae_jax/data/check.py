@@ -1,0 +1,120 @@
+"""python -m multimae_jax.data.check ROOT [--tasks rgb depth semseg] [--quick]
+
+Validates a dataset in the official layout ROOT/<modality>/<class>/<file> (or packed shards):
+counts per modality and class, samples missing a modality, duplicate files, and (unless --quick)
+every file decoded: unreadable files, wrong dtypes, sizes that differ between a sample's
+modalities, semseg labels beyond --num_classes. Exits 1 when it finds a problem.
+"""
+import argparse
+import collections
+import multiprocessing
+import sys
+
+import numpy as np
+from tqdm import tqdm
+
+from multimae_jax import modalities
+from multimae_jax.data.codecs import CorruptFileError
+from multimae_jax.data.folder import FolderSource, scan_folder
+from multimae_jax.data.records import decode_record
+from multimae_jax.data.shards import ShardSource, is_shard_dir
+
+_SOURCE = None
+
+
+def _init_worker(root, tasks):
+    global _SOURCE
+    _SOURCE = (ShardSource(root, tasks) if is_shard_dir(root)
+               else FolderSource(root, tasks, allow_incomplete=True))
+
+
+def sample_problems(record: dict, tasks, num_classes: int) -> list[str]:
+    """Problems of one decoded sample (sizes, label range)."""
+    sizes = {t: record[t].shape[:2] for t in tasks}
+    out = []
+    if len(set(sizes.values())) > 1:
+        out.append(f"{record['key']}: modalities differ in size {sizes}")
+    for t in tasks:
+        m = modalities.get(t)
+        if m.kind == "labels" and record[t].size and int(record[t].max()) >= num_classes:
+            out.append(f"{record['key']}: {t} label {int(record[t].max())} >= {num_classes} classes")
+    return out
+
+
+def _check_one(args):
+    index, tasks, num_classes = args
+    try:
+        record = decode_record(_SOURCE[index], tasks)
+    except (CorruptFileError, OSError) as e:
+        return [str(e)]
+    return sample_problems(record, tasks, num_classes)
+
+
+def check(root, tasks, quick: bool = False, num_classes: int = 133, num_workers: int = 2,
+          out=None) -> list[str]:
+    """Prints a report (to `out`, default stdout); returns the list of problems."""
+    out = out or sys.stdout
+    problems = []
+    if is_shard_dir(root):
+        source = ShardSource(root, tasks)
+        print(f"{root}: packed shards, {len(source)} records, tasks {source.meta['tasks']}", file=out)
+    else:
+        scan = scan_folder(root, tasks)
+        print(f"{root}: {len(scan.samples)} complete samples in {len(scan.classes)} classes",
+              file=out)
+        for task in tasks:
+            print(f"  {task:>8}: {len(scan.files[task])} files", file=out)
+        per_class = collections.Counter(s.split("/", 1)[0] for s in scan.samples)
+        shown = sorted(per_class.items())
+        for cls, n in shown[:20]:
+            print(f"  {cls}: {n}", file=out)
+        if len(shown) > 20:
+            counts = np.array([n for _, n in shown])
+            print(f"  ... {len(shown) - 20} more classes (per class: min {counts.min()}, "
+                  f"median {int(np.median(counts))}, max {counts.max()})", file=out)
+        for task, items in scan.missing.items():
+            problems += [f"{s}: no {task} file" for s in items]
+        for task, items in scan.duplicates.items():
+            problems += [f"{s}: several {task} files" for s in items]
+    if not quick:
+        _init_worker(root, tasks)
+        n = len(_SOURCE)
+        jobs = [(i, tuple(tasks), num_classes) for i in range(n)]
+        if num_workers > 1:
+            with multiprocessing.get_context("spawn").Pool(num_workers, _init_worker,
+                                                           (str(root), tuple(tasks))) as pool:
+                results = list(tqdm(pool.imap(_check_one, jobs, chunksize=64), total=n,
+                                    desc="decoding", unit="sample"))
+        else:
+            results = [_check_one(j) for j in tqdm(jobs, desc="decoding", unit="sample")]
+        problems += [p for r in results for p in r]
+    if problems:
+        print(f"{len(problems)} problem(s):", file=out)
+        for p in problems[:50]:
+            print(f"  {p}", file=out)
+        if len(problems) > 50:
+            print(f"  ... and {len(problems) - 50} more", file=out)
+    else:
+        print("no problems found", file=out)
+    return problems
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m multimae_jax.data.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root")
+    parser.add_argument("--tasks", nargs="+", default=["rgb", "depth", "semseg"])
+    parser.add_argument("--quick", action="store_true", help="list files only, decode nothing")
+    parser.add_argument("--num_classes", type=int, default=133)
+    parser.add_argument("--num_workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        problems = check(args.root, args.tasks, args.quick, args.num_classes, args.num_workers)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Decoding one modality's file bytes into its native array (HOST side), per the registry's
+`storage`: 'rgb8' -> uint8 (H, W, 3); 'uint16' -> uint16 (H, W); 'labels' -> uint8 (H, W) class
+ids; 'npy' -> float32 (H, W[, C])."""
+import io
+
+import numpy as np
+from PIL import Image
+
+from multimae_jax.modalities import Modality
+
+
+class CorruptFileError(ValueError):
+    """A file that cannot be decoded as its modality expects; the message names the file."""
+
+
+def _open_image(data: bytes, where: str) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        return img
+    except Exception as e:  # PIL raises many types for truncated or foreign data
+        raise CorruptFileError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+
+
+def decode(modality: Modality, data: bytes, where: str) -> np.ndarray:
+    """Native array of one file's bytes; `where` (the file path or record key) names errors."""
+    if modality.storage == "npy":
+        try:
+            return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+        except Exception as e:
+            raise CorruptFileError(f"{where}: cannot decode .npy ({e})") from e
+    img = _open_image(data, where)
+    if modality.storage == "rgb8":
+        return np.asarray(img.convert("RGB"))
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        raise CorruptFileError(f"{where}: {modality.name} must be a single-channel image, got "
+                               f"shape {arr.shape} (PIL mode {img.mode})")
+    if modality.storage == "uint16":
+        if arr.dtype != np.uint16 and (arr.min() < 0 or arr.max() > 65535):
+            raise CorruptFileError(f"{where}: depth values outside 16 bits (mode {img.mode})")
+        return arr.astype(np.uint16)
+    if modality.storage == "labels":
+        if img.mode not in ("L", "P"):
+            raise CorruptFileError(f"{where}: {modality.name} labels must be an 8-bit 'L' or 'P' "
+                                   f"image, got mode {img.mode}")
+        return arr.astype(np.uint8)
+    raise ValueError(f"modality {modality.name}: unknown storage '{modality.storage}'")
+
+
+def encode(modality: Modality, array: np.ndarray, ext: str | None = None) -> bytes:
+    """Inverse of `decode` (for writing datasets): PNG / JPEG (quality 95) / .npy bytes."""
+    ext = (ext or modality.write_ext).lower()
+    buf = io.BytesIO()
+    if ext == ".npy":
+        np.save(buf, np.asarray(array, np.float32))
+    elif modality.storage == "uint16":
+        Image.fromarray(np.asarray(array, np.uint16)).save(buf, format="PNG")
+    else:
+        fmt = "JPEG" if ext in (".jpg", ".jpeg") else "PNG"
+        Image.fromarray(np.asarray(array, np.uint8)).save(buf, format=fmt,
+                                                          **({"quality": 95} if fmt == "JPEG" else {}))
+    return buf.getvalue()

@@ -1,0 +1,111 @@
+"""The grain input pipeline: source -> per-process slice -> per-epoch shuffle -> decode ->
+aligned augmentation (HOST) -> batch -> worker prefetch; then global jax.Arrays.
+
+Device-side steps (RGB normalisation, depth standardisation) are `transforms.prepare_batch`,
+called inside the jitted train step. Every random choice is a function of (seed, position in the
+shuffled stream), so a run is reproducible and its iterator state can be saved and restored.
+"""
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+from absl import flags
+
+from multimae_jax import modalities
+from multimae_jax.data.folder import FolderSource
+from multimae_jax.data.records import decode_record
+from multimae_jax.data.shards import ShardSource, is_shard_dir
+from multimae_jax.data.synthetic import SyntheticScenes
+from multimae_jax.data.tfds_source import TfdsSource, parse_tfds_path
+from multimae_jax.data.transforms import PretrainAugment
+
+
+class SyntheticSource:
+    """SyntheticScenes as raw records (already decoded arrays), label = 0."""
+
+    def __init__(self, scenes: SyntheticScenes):
+        self.scenes = scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"key": f"synthetic/{index}", "label": 0, **self.scenes[index]}
+
+    def __repr__(self) -> str:
+        s = self.scenes
+        return (f"SyntheticScenes({s.num_samples} samples, {s.image_size}px, "
+                f"{s.num_classes} classes, seed {s.seed})")
+
+
+def make_source(path: str, tasks, *, synthetic_samples: int = 10_000, synthetic_size: int = 224,
+                num_classes: int = 133, seed: int = 0, allow_incomplete: bool = False):
+    """The synthetic scenes when `path` is empty, TensorFlow Datasets for 'tfds:NAME[:SPLIT]',
+    packed shards when `path` holds meta.json, else the official folder layout."""
+    for task in tasks:
+        if not modalities.get(task).on_disk:
+            raise ValueError(f"data.tasks: '{task}' is computed from another modality, not read")
+    if not path:
+        unknown = set(tasks) - {"rgb", "depth", "semseg"}
+        if unknown:
+            raise ValueError(f"the synthetic scenes have rgb, depth and semseg, not {sorted(unknown)}")
+        return SyntheticSource(SyntheticScenes(synthetic_samples, synthetic_size,
+                                               min(num_classes, 8), seed))
+    if path.startswith("tfds:"):
+        return TfdsSource(*parse_tfds_path(path), tasks)
+    if is_shard_dir(path):
+        return ShardSource(path, tasks)
+    return FolderSource(path, tasks, allow_incomplete)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decode(grain.transforms.Map):
+    tasks: tuple[str, ...]
+    skip_corrupt: bool
+
+    def map(self, record):
+        return decode_record(record, self.tasks, self.skip_corrupt)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Augment(grain.transforms.RandomMap):
+    augment: PretrainAugment
+
+    def random_map(self, sample, rng: np.random.Generator):
+        out = self.augment({t: sample[t] for t in self.augment.tasks}, rng)
+        out["label"] = np.int32(sample["label"])
+        return out
+
+
+def make_dataset(source, tasks, *, image_size: int, local_batch_size: int, seed: int = 0,
+                 process_index: int = 0, process_count: int = 1, num_workers: int = 0,
+                 skip_corrupt: bool = False, num_epochs: int | None = None,
+                 hflip: float = 0.5) -> grain.IterDataset:
+    """Batches of HOST-augmented samples for this process: {task: (local_batch, ...), 'label'}.
+
+    Each process reads its own slice [process_index::process_count]; the slice is reshuffled
+    every epoch. With `skip_corrupt`, undecodable samples are dropped (and logged) instead of
+    stopping the run. `num_workers` > 0 decodes and augments in that many worker processes.
+    """
+    ds = grain.MapDataset.source(source)[process_index::process_count]
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
+    ds = ds.map(_Decode(tuple(tasks), skip_corrupt))
+    if skip_corrupt:
+        ds = ds.filter(lambda sample: sample is not None)
+    ds = ds.random_map(_Augment(PretrainAugment(tuple(tasks), image_size, hflip=hflip)), seed=seed)
+    it = ds.to_iter_dataset().batch(local_batch_size, drop_remainder=True)
+    if num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; notebooks never parse them
+            flags.FLAGS.mark_as_parsed()
+        # Each worker builds whole batches from its share of the stream (moving single samples
+        # between processes costs more than augmenting them), so which samples share a batch
+        # depends on num_workers; every sample's augmentation does not.
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return it
+
+
+def global_batch(local: dict, sharding: jax.sharding.Sharding) -> dict:
+    """Process-local numpy batch -> global jax.Arrays laid out by `sharding` (batch axis first)."""
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}

@@ -1,0 +1,59 @@
+"""TensorFlow Datasets as a source (random access, no TensorFlow needed): data.path
+'tfds:NAME[:SPLIT]', e.g. 'tfds:imagenet2012:train'. Records have the same form as the folder's,
+with decoded arrays."""
+import numpy as np
+
+from multimae_jax import modalities
+
+#: The feature each task is read from, unless given.
+DEFAULT_FIELDS = {"rgb": "image", "depth": "depth", "semseg": "segmentation_mask"}
+
+
+def parse_tfds_path(path: str) -> tuple[str, str]:
+    """'tfds:NAME[:SPLIT]' -> (NAME, SPLIT) (split 'train' by default)."""
+    parts = path.split(":")
+    if parts[0] != "tfds" or not 2 <= len(parts) <= 3 or not parts[1]:
+        raise ValueError(f"data.path '{path}': expected 'tfds:NAME' or 'tfds:NAME:SPLIT'")
+    return parts[1], parts[2] if len(parts) == 3 else "train"
+
+
+class TfdsSource:
+    """tfds.data_source(name, split) adapted to raw records {'key', 'label', task: array}.
+
+    Grey images become 3-channel for 'rgb8' tasks (as PIL .convert('RGB') does); single-channel
+    features are squeezed to (H, W) for 'uint16' and 'labels' tasks.
+    """
+
+    def __init__(self, name: str, split: str, tasks, fields: dict | None = None,
+                 label_field: str = "label", data_dir: str | None = None):
+        import tensorflow_datasets as tfds  # heavy import, only when this source is used
+
+        self.name, self.split, self.tasks = name, split, tuple(tasks)
+        self.fields = {t: (fields or {}).get(t, DEFAULT_FIELDS.get(t, t)) for t in self.tasks}
+        self.label_field = label_field
+        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        features = set(self._source.dataset_info.features.keys())
+        missing = {t: f for t, f in self.fields.items() if f not in features}
+        if missing:
+            raise ValueError(f"tfds:{name}:{split} has features {sorted(features)}; no feature "
+                             f"for tasks {missing} (task -> feature)")
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        ex = self._source[index]
+        record = {"key": f"{self.name}/{self.split}/{index}",
+                  "label": int(ex[self.label_field]) if self.label_field in ex else 0}
+        for task, field in self.fields.items():
+            value = np.asarray(ex[field])
+            storage = modalities.get(task).storage
+            if storage == "rgb8" and value.ndim == 3 and value.shape[-1] == 1:
+                value = np.repeat(value, 3, axis=-1)
+            elif storage in ("uint16", "labels") and value.ndim == 3 and value.shape[-1] == 1:
+                value = value[..., 0]
+            record[task] = value
+        return record
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.name}:{self.split}, {len(self)} examples, fields {self.fields})"
