@@ -134,3 +134,12 @@ def test_tfds_source_plugs_into_the_pipeline():
             make_source("tfds:mnist", ("rgb", "depth"))
     with pytest.raises(ValueError, match="tfds:NAME"):
         make_source("tfds:", ("rgb",))
+
+
+def test_global_batches_do_not_depend_on_the_process_count(folder):
+    source = make_source(str(folder), TASKS)
+    one = batches(make_dataset(source, TASKS, image_size=16, local_batch_size=4), 4)
+    halves = [batches(make_dataset(source, TASKS, image_size=16, local_batch_size=2,
+                                   process_index=p, process_count=2), 4) for p in range(2)]
+    joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(*halves)]
+    assert_batches_equal(joined, one)

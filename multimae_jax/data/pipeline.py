@@ -1,5 +1,5 @@
-"""The grain input pipeline: source -> per-process slice -> per-epoch shuffle -> decode ->
-aligned augmentation (HOST) -> batch -> worker prefetch; then global jax.Arrays.
+"""The grain input pipeline: source -> per-epoch global shuffle -> this process's share ->
+decode -> aligned augmentation (HOST) -> batch -> worker prefetch; then global jax.Arrays.
 
 Device-side steps (RGB normalisation, depth standardisation) are `transforms.prepare_batch`,
 called inside the jitted train step. Every random choice is a function of (seed, position in the
@@ -59,21 +59,45 @@ def make_source(path: str, tasks, *, synthetic_samples: int = 10_000, synthetic_
     return FolderSource(path, tasks, allow_incomplete)
 
 
+class _ProcessStream:
+    """This process's share of the global sample stream, as a random-access source.
+
+    Global position g walks through the dataset epoch after epoch (epoch g // n reshuffled with
+    its own permutation) and is cut into global batches of G = L * process_count positions;
+    process p owns positions [p * L, (p + 1) * L) of every global batch. Item j is
+    (g, raw record). Samples, their order and (below) their augmentation thus depend on the seed
+    and the global batch size only, never on how many processes share the work.
+    """
+
+    def __init__(self, source, seed: int, process_index: int, process_count: int,
+                 local_batch: int, num_epochs: int | None):
+        self.source = source
+        self.order = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(num_epochs)
+        self.index, self.count, self.local = process_index, process_count, local_batch
+        self.length = len(self.order) // (local_batch * process_count) * local_batch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, j: int):
+        g = (j // self.local) * self.local * self.count + self.index * self.local + j % self.local
+        return g, self.source[self.order[g]]
+
+
 @dataclasses.dataclass(frozen=True)
-class _Decode(grain.transforms.Map):
+class _DecodeAndAugment(grain.transforms.Map):
     tasks: tuple[str, ...]
+    augment: PretrainAugment
+    seed: int
     skip_corrupt: bool
 
-    def map(self, record):
-        return decode_record(record, self.tasks, self.skip_corrupt)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Augment(grain.transforms.RandomMap):
-    augment: PretrainAugment
-
-    def random_map(self, sample, rng: np.random.Generator):
-        out = self.augment({t: sample[t] for t in self.augment.tasks}, rng)
+    def map(self, item):
+        position, record = item
+        sample = decode_record(record, self.tasks, self.skip_corrupt)
+        if sample is None:
+            return None
+        out = self.augment({t: sample[t] for t in self.tasks},
+                           np.random.default_rng((self.seed, position)))
         out["label"] = np.int32(sample["label"])
         return out
 
@@ -84,16 +108,19 @@ def make_dataset(source, tasks, *, image_size: int, local_batch_size: int, seed:
                  hflip: float = 0.5) -> grain.IterDataset:
     """Batches of HOST-augmented samples for this process: {task: (local_batch, ...), 'label'}.
 
-    Each process reads its own slice [process_index::process_count]; the slice is reshuffled
-    every epoch. With `skip_corrupt`, undecodable samples are dropped (and logged) instead of
+    Every epoch is a fresh permutation of the whole dataset, split between processes batch by
+    batch (see `_ProcessStream`); each sample's crop and flip come from (seed, its global
+    position). With `skip_corrupt`, undecodable samples are dropped (and logged) instead of
     stopping the run. `num_workers` > 0 decodes and augments in that many worker processes.
     """
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat(num_epochs)
-    ds = ds.map(_Decode(tuple(tasks), skip_corrupt))
+    tasks = tuple(tasks)
+    stream = _ProcessStream(source, seed, process_index, process_count, local_batch_size,
+                            num_epochs)
+    ds = grain.MapDataset.source(stream).map(
+        _DecodeAndAugment(tasks, PretrainAugment(tasks, image_size, hflip=hflip), seed,
+                          skip_corrupt))
     if skip_corrupt:
         ds = ds.filter(lambda sample: sample is not None)
-    ds = ds.random_map(_Augment(PretrainAugment(tuple(tasks), image_size, hflip=hflip)), seed=seed)
     it = ds.to_iter_dataset().batch(local_batch_size, drop_remainder=True)
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; notebooks never parse them

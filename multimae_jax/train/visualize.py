@@ -1,0 +1,170 @@
+"""Reconstruction figures as in the MultiMAE paper and the official demo (reference §6.3).
+
+For each shown sample and each predicted modality, one row of three panels:
+masked input (masked patches grey) | prediction with the visible patches pasted back from the input
+(the demo's `get_pred_with_input`) | target (the input). Panels are S x S; a left column names the
+row ("<sample> <task>") and a header names the columns.
+
+Rendering: rgb de-normalised from ImageNet mean/std and clipped to [0, 1]; depth (and any other
+1-channel image) through a viridis-like colour map scaled by the min/max of the sample's target, so
+prediction and target share one scale; labels (semseg) through a fixed palette (argmax of the
+logits), upsampled by the stride level (nearest); norm_rgb (per-patch standardised) with a per-patch
+min-max, its target being the per-patch min-max of the rgb input (the same picture as that of its
+standardised patches, since standardisation is affine per patch).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from multimae_jax import modalities
+from multimae_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+GREY = 0.5  # colour of masked patches
+PAD = 2  # white gap (pixels) after each panel, right and below
+LABEL_WIDTH = 64  # left column with the row labels
+HEADER_HEIGHT = 14  # top row with the column titles
+COLUMNS = ("masked input", "prediction", "target")
+
+# Viridis at 0, 1/4, 1/2, 3/4, 1; linearly interpolated to a 256-entry look-up table (256, 3).
+_VIRIDIS_ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98],
+                             [253, 231, 37]]) / 255.0
+_LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 5), _VIRIDIS_ANCHORS[:, c])
+                 for c in range(3)], axis=-1)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) float colours in [0, 1]: the PASCAL VOC bit-interleaving colour map of
+    ids 1..num_classes (shifted by one so that class 0 is not black, the out-of-range colour)."""
+    ids = np.arange(1, num_classes + 1)
+    rgb = np.zeros((num_classes, 3), np.int64)
+    for bit in range(8):
+        for channel in range(3):
+            rgb[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
+    return rgb / 255.0
+
+
+def _colormap(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(H, W, 1) values -> (H, W, 3) viridis colours, lo -> dark, hi -> yellow (clipped)."""
+    t = np.clip((x[..., 0] - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return _LUT[np.round(t * 255).astype(np.int64)]
+
+
+def _patch_minmax(x: np.ndarray, p: int) -> np.ndarray:
+    """(H, W, C) -> (H, W, C) each p x p patch scaled by its own min/max (over all channels)."""
+    h, w, c = x.shape
+    patches = x.reshape(h // p, p, w // p, p, c)
+    lo = patches.min(axis=(1, 3, 4), keepdims=True)
+    hi = patches.max(axis=(1, 3, 4), keepdims=True)
+    return ((patches - lo) / np.maximum(hi - lo, 1e-12)).reshape(h, w, c)
+
+
+def _render(task: str, target: np.ndarray, pred: np.ndarray, patch_size: int,
+            num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's target and prediction -> two float (S, S, 3) pictures in [0, 1].
+
+    target: the model input of `modalities.get(task).target` ((S, S, C) float, or (S/s, S/s) int
+    labels); pred: the decoder output ((S, S, C), or (S/s, S/s, classes) logits).
+    """
+    mod = modalities.get(task)
+    if mod.kind == "labels":
+        colours = palette(num_classes or pred.shape[-1])
+
+        def paint(labels):
+            valid = (labels >= 0) & (labels < len(colours))
+            img = np.where(valid[..., None], colours[np.clip(labels, 0, len(colours) - 1)], 0.0)
+            return img.repeat(mod.stride_level, axis=0).repeat(mod.stride_level, axis=1)
+
+        return paint(target), paint(pred.argmax(axis=-1))
+    if mod.norm_pix:
+        return _patch_minmax(target, patch_size), _patch_minmax(pred, patch_size)
+    if task == "rgb":
+        mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
+        return np.clip(target * std + mean, 0, 1), np.clip(pred * std + mean, 0, 1)
+    lo, hi = float(target.min()), float(target.max())
+    if target.shape[-1] == 1:
+        return _colormap(target, lo, hi), _colormap(pred, lo, hi)
+    scale = max(hi - lo, 1e-12)
+    return np.clip((target - lo) / scale, 0, 1), np.clip((pred - lo) / scale, 0, 1)
+
+
+def reconstruction_panels(inputs: dict, preds: dict, masks: dict, *, patch_size: int = 16,
+                          num_samples: int = 4, num_classes: int | None = None
+                          ) -> list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The rows of `reconstruction_grid`: [(label, (masked, prediction, target))], each panel
+    uint8 (S, S, 3); sample-major, tasks in registry order. Arguments as `reconstruction_grid`."""
+    shown = {}  # task -> (targets, outputs, masks (B, N) bool, patches per side)
+    for task, mod in modalities.MODALITIES.items():
+        if task not in preds or mod.target not in inputs:
+            continue
+        outputs = np.asarray(preds[task], np.float32)
+        grid = outputs.shape[1] * mod.stride_level // patch_size
+        # A task without a mask is no input: every patch was predicted.
+        mask = np.asarray(masks.get(mod.target, np.ones((len(outputs), grid * grid))), bool)
+        if mask.shape[1:] != (grid * grid,):
+            raise ValueError(f"'{task}': masks['{mod.target}'] has shape {mask.shape}, expected "
+                             f"(B, {grid * grid}) for patch size {patch_size}")
+        shown[task] = np.asarray(inputs[mod.target]), outputs, mask, grid
+    batch = min([len(targets) for targets, *_ in shown.values()], default=0)
+    rows = []
+    for i in range(min(num_samples, batch)):
+        for task, (targets, outputs, mask, grid) in shown.items():
+            target = targets[i] if targets.dtype.kind in "iu" else targets[i].astype(np.float32)
+            target_img, pred_img = _render(task, target, outputs[i], patch_size, num_classes)
+            pixels = mask[i].reshape(grid, grid).repeat(patch_size, 0).repeat(patch_size, 1)
+            pixels = pixels[..., None]
+            panels = (np.where(pixels, GREY, target_img), np.where(pixels, pred_img, target_img),
+                      target_img)
+            rows.append((f"{i} {task}", tuple(np.round(p * 255).astype(np.uint8) for p in panels)))
+    return rows
+
+
+def reconstruction_grid(inputs: dict, preds: dict, masks: dict, *, patch_size: int = 16,
+                        num_samples: int = 4, num_classes: int | None = None) -> np.ndarray:
+    """A figure of masked inputs, reconstructions and targets: uint8 (H_img, W_img, 3) with
+    H_img = HEADER_HEIGHT + R * (S + PAD) and W_img = LABEL_WIDTH + 3 * (S + PAD), R rows.
+
+    inputs: model inputs (after `prepare_batch`): 'rgb' float (B, S, S, 3) ImageNet-normalised,
+      'depth' float (B, S, S, 1), 'semseg' int (B, S/4, S/4); jax or numpy arrays.
+    preds: decoder outputs, NHWC: 'rgb' (B, S, S, 3), 'depth' (B, S, S, 1), 'semseg' logits
+      (B, S/4, S/4, C), optionally 'norm_rgb' (B, S, S, 3). One row per predicted task whose target
+      is in `inputs`; other tasks are skipped.
+    masks: {input task: (B, N)} 1 = masked, N = (S / patch_size)^2 patches in row-major order; a
+      task without a mask (not an input) is shown as fully masked.
+    num_samples: the first samples shown; num_classes: palette size for labels (default: the
+      number of logits; labels outside it are black).
+    """
+    rows = reconstruction_panels(inputs, preds, masks, patch_size=patch_size,
+                                 num_samples=num_samples, num_classes=num_classes)
+    if not rows:
+        raise ValueError(f"no task to show: preds {sorted(preds)}, inputs {sorted(inputs)}")
+    size = rows[0][1][0].shape[0]
+    cell = size + PAD
+    canvas = Image.new("RGB", (LABEL_WIDTH + 3 * cell, HEADER_HEIGHT + len(rows) * cell), "white")
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(COLUMNS):
+        draw.text((LABEL_WIDTH + col * cell + 1, 1), title, fill="black")
+    for r, (label, panels) in enumerate(rows):
+        y = HEADER_HEIGHT + r * cell
+        draw.text((2, y + size // 2 - 6), label, fill="black")
+        for col, panel in enumerate(panels):
+            canvas.paste(Image.fromarray(panel), (LABEL_WIDTH + col * cell, y))
+    return np.asarray(canvas)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
+    """Write uint8 (H, W, 3) or (H, W) `image` to `path` as PNG atomically (temporary file in the
+    same folder, then os.replace), creating the parent folders."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
