@@ -14,6 +14,7 @@ standardised patches, since standardisation is affine per patch).
 """
 from __future__ import annotations
 
+import colorsys
 import os
 import tempfile
 
@@ -37,14 +38,11 @@ _LUT = np.stack([np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, 5), _VIRIDI
 
 
 def palette(num_classes: int) -> np.ndarray:
-    """(num_classes, 3) float colours in [0, 1]: the PASCAL VOC bit-interleaving colour map of
-    ids 1..num_classes (shifted by one so that class 0 is not black, the out-of-range colour)."""
-    ids = np.arange(1, num_classes + 1)
-    rgb = np.zeros((num_classes, 3), np.int64)
-    for bit in range(8):
-        for channel in range(3):
-            rgb[:, channel] |= ((ids >> (3 * bit + channel)) & 1) << (7 - bit)
-    return rgb / 255.0
+    """(num_classes, 3) fixed float colours in [0, 1]: class k gets hue k * golden ratio (mod 1),
+    value 1, 0.75 or 0.5 (k mod 3) and saturation 1 or 0.55 (k // 3 mod 2). Never grey (the
+    masked colour) nor black (labels outside the palette)."""
+    return np.array([colorsys.hsv_to_rgb(k * 0.618033988749895 % 1.0, 1.0 - 0.45 * (k // 3 % 2),
+                                         1.0 - 0.25 * (k % 3)) for k in range(num_classes)])
 
 
 def _colormap(x: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -1,0 +1,44 @@
+"""Orbax checkpoints of the train state together with the grain iterator state.
+
+Saves are asynchronous; Orbax writes each step into a temporary directory and renames it when
+complete, so a crash mid-save never damages the previous checkpoint. Every process calls save.
+"""
+from pathlib import Path
+
+import grain
+import orbax.checkpoint as ocp
+
+CHECKPOINTS = "checkpoints"
+
+
+def manager(workdir, keep: int, every: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
+                                           enable_async_checkpointing=True, create=True)
+    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, options=options,
+                                 item_names=("state", "data"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, force: bool = False) -> bool:
+    return mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)),
+        force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
+    """Restores the state into arrays with the shardings of `abstract_state` (ShapeDtypeStructs
+    carrying .sharding) and the iterator in place; returns the state."""
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    return restored["state"]
+
+
+def restore_state_only(workdir, step: int | None = None):
+    """(step, state as numpy arrays) of the latest (or given) checkpoint in a workdir, for
+    evaluation; None if there is none."""
+    mngr = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, item_names=("state",))
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        return None
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, restored["state"]
