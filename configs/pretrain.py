@@ -47,7 +47,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.blr = 1e-4  # lr = blr * global_batch_size / 256
     c.optimizer.min_lr = 0.0
-    c.optimizer.warmup_epochs = 40
+    c.optimizer.warmup_epochs = 40.0
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
     c.optimizer.eps = 1e-8
@@ -83,7 +83,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.data.num_workers = 0
         c.data.synthetic_samples = 3200
         c.optimizer.blr = 1.5e-3
-        c.optimizer.warmup_epochs = 1
+        c.optimizer.warmup_epochs = 1.0
         c.train.epochs = 3
         c.train.compute_dtype = "float32"
         c.train.log_every = 20

@@ -13,6 +13,7 @@ import orbax.checkpoint as ocp
 
 from multimae_jax.convert import export, finetune, infer, official, pth_reader, timm
 from multimae_jax.models import presets, spec
+from multimae_jax.train import checkpoint
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
@@ -37,10 +38,23 @@ def save_checkpoint(model, variables, out_dir) -> Path:
     return out_dir
 
 
+def _load_workdir(path: Path):
+    """The latest checkpoint of a pre-training workdir (run_info.json holds the model spec)."""
+    model = spec.from_spec(json.loads((path / checkpoint.RUN_INFO).read_text())["model"])
+    found = checkpoint.restore_state_only(path)
+    if found is None:
+        raise ValueError(f"{path}: a training workdir without any checkpoint yet")
+    _, state = found
+    return model, {"params": state["params"], "buffers": state["buffers"]}
+
+
 def _load_own(path: Path):
+    if (path / checkpoint.CHECKPOINTS).is_dir() and (path / checkpoint.RUN_INFO).is_file():
+        return _load_workdir(path)
     model_file = path / MODEL_FILE
     if not model_file.exists():
-        raise ValueError(f"{path}: not a multimae_jax checkpoint ({MODEL_FILE} is missing)")
+        raise ValueError(f"{path}: not a multimae_jax checkpoint ({MODEL_FILE} is missing) nor "
+                         f"a training workdir ({checkpoint.CHECKPOINTS}/ and {checkpoint.RUN_INFO})")
     model = spec.from_spec(json.loads(model_file.read_text()))
     abstract = spec.abstract_variables(model)
     with ocp.StandardCheckpointer() as ckptr:
@@ -80,7 +94,8 @@ def _hints_from_args(args, sd) -> dict:
 
 def load_pretrained(path, **model_overrides):
     """Returns (model, variables) for an official MultiMAE/MultiViT or timm ViT checkpoint
-    (.pth, or an exported .safetensors / .npz), or a multimae_jax checkpoint directory.
+    (.pth, or an exported .safetensors / .npz), a multimae_jax checkpoint directory, or a
+    pre-training workdir (its latest checkpoint).
 
     `model_overrides` (num_heads, decoder_num_heads, patch_size, emb_padding_idx, main_tasks,
     hooks) fix what weights do not record; see `multimae_jax.convert.infer.infer_model`.

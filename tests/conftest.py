@@ -9,8 +9,16 @@ from pathlib import Path
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 
+import jax
 import numpy as np
 import pytest
+
+# Training tests compile the same step several times (straight, interrupted, resumed runs):
+# a persistent compilation cache makes the repeats cheap. It is keyed on the program, so it
+# never changes results.
+jax.config.update("jax_compilation_cache_dir",
+                  os.environ.get("MULTIMAE_TEST_JAX_CACHE", "/tmp/multimae_jax_test_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
 

@@ -9,6 +9,7 @@ import grain
 import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"
+RUN_INFO = "run_info.json"  # model spec, devices and versions of a training run
 
 
 def manager(workdir, keep: int, every: int) -> ocp.CheckpointManager:

@@ -44,7 +44,7 @@ def _write_run_info(workdir: Path, config, model) -> None:
     info = {"devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
             "versions": _versions(), "model": to_spec(model)}
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    (workdir / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
+    (workdir / checkpoint.RUN_INFO).write_text(json.dumps(info, indent=1, default=str))
 
 
 def _schedule_figures(config, num_samples: int) -> dict:
@@ -74,8 +74,12 @@ def _format(metrics: dict) -> str:
             f"grad norm {metrics['grad_norm']:.3f}")
 
 
-def train(config, workdir) -> dict:
-    """Runs (or resumes) pre-training; returns the last logged metrics."""
+def train(config, workdir, stop_at_step: int | None = None) -> dict:
+    """Runs (or resumes) pre-training; returns the last logged metrics.
+
+    `stop_at_step` ends the run after that step with a checkpoint, as a preemption would (for
+    time-sliced jobs); the next call resumes from it.
+    """
     workdir = Path(workdir)
     validate(config, jax.device_count(), jax.process_count())
     mesh = sharding.make_mesh(config.mesh.to_dict())
@@ -151,17 +155,20 @@ def train(config, workdir) -> dict:
                         f"config.train.max_nonfinite_steps={config.train.max_nonfinite_steps}); "
                         f"stopping without saving, the last good checkpoint is step "
                         f"{mngr.latest_step()}")
-            if step % config.train.picture_every == 0 or step == total:
+            if step % config.train.picture_every == 0:
                 pictures = jax.device_get(runner.predict(state, batch, min(4, gb)))
                 if is_main:
                     grid = reconstruction_grid(*pictures, patch_size=config.model.patch_size)
                     save_png(grid, workdir / "pictures" / f"step_{step:07d}.png")
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
-            checkpoint.save(mngr, step, state, data_iter, force=step == total)
-            if stop.signal:
-                checkpoint.save(mngr, step, state, data_iter, force=True)
+            stopping = stop.signal or step == stop_at_step
+            if mngr.should_save(step) or step == total or stopping:
+                # never checkpoint a state that is in a run of non-finite steps
+                if int(state["nonfinite_streak"]) == 0:
+                    checkpoint.save(mngr, step, state, data_iter, force=True)
+            if stopping:
                 if is_main:
-                    tqdm.write(f"{stop.signal}: saved step {step}, stopping")
+                    tqdm.write(f"{stop.signal or 'stop_at_step'}: saved step {step}, stopping")
                 break
     finally:
         bar.close()

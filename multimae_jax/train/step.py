@@ -97,7 +97,7 @@ class PretrainStep:
         (grads, task_losses), _ = jax.lax.scan(accumulate, (zeros, zero_losses),
                                                (jnp.arange(accum), micro))
         loss = sum(task_losses.values())
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)

@@ -1,0 +1,59 @@
+"""One process of a local multi-process pre-training run (driven by tests/test_multiprocess.py).
+
+    python tests/multiprocess_worker.py --workdir=DIR --overrides=JSON \
+        [--coordinator=127.0.0.1:PORT --num_processes=N --process_id=I]
+
+Run with XLA_FLAGS=--xla_force_host_platform_device_count=K and JAX_PLATFORMS=cpu in the
+environment (K local CPU devices). Without --coordinator it is a plain one-process run.
+`--overrides` is a JSON object {"a.b": value} applied to configs/pretrain.py:tiny.
+"""
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import jax
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # import this checkout's multimae_jax, wherever pytest runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--overrides", default="{}")
+    p.add_argument("--coordinator", default="")
+    p.add_argument("--num_processes", type=int, default=1)
+    p.add_argument("--process_id", type=int, default=0)
+    args = p.parse_args()
+
+    if args.coordinator:
+        # CPU collectives across processes; must be set before the backend starts.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id,
+                                   initialization_timeout=120)
+
+    from multimae_jax.train.loop import train
+
+    spec = importlib.util.spec_from_file_location("pretrain_config", REPO / "configs" / "pretrain.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("tiny")
+    for dotted, value in json.loads(args.overrides).items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    metrics = train(config, args.workdir)
+    print(f"process {jax.process_index()}/{jax.process_count()}, "
+          f"{jax.local_device_count()}/{jax.device_count()} devices: {json.dumps(metrics)}",
+          flush=True)
+    if args.coordinator:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The pre-training step and loop: official schedule, sharding equivalence, exact resumption,
+non-finite handling, config errors, and the entry point."""
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+import multimae_jax as mm
+from multimae_jax.train import sharding
+from multimae_jax.train.checkpoint import restore_state_only
+from multimae_jax.train.loop import NonFiniteError, train
+from multimae_jax.train.optimizer import decay_mask, warmup_cosine
+from multimae_jax.train.step import PretrainStep
+from multimae_jax.train.validate import ConfigError
+from train_helpers import small_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_schedule_is_the_official_cosine_scheduler():
+    base, total, warm = 1e-3, 30, 6
+    # utils/native_scaler.py::cosine_scheduler, written out with numpy
+    warmup = np.linspace(0, base, warm)
+    i = np.arange(total - warm)
+    official = np.concatenate([warmup, 0.5 * base * (1 + np.cos(np.pi * i / len(i)))])
+    ours = np.array([float(warmup_cosine(base, total, warm)(s)) for s in range(total)])
+    np.testing.assert_allclose(ours, official, rtol=1e-5, atol=1e-12)
+
+
+def test_weight_decay_covers_every_parameter_by_default():
+    params = {"encoder": {"0": {"fc": {"kernel": np.zeros((2, 2)), "bias": np.zeros(2)}}},
+              "global_tokens": np.zeros((1, 1, 2))}
+    every = jax.tree.leaves(decay_mask(params, decay_all=True))
+    usual = decay_mask(params, decay_all=False)
+    assert all(every)
+    assert usual["encoder"]["0"]["fc"]["kernel"] and not usual["encoder"]["0"]["fc"]["bias"]
+    assert not usual["global_tokens"]
+
+
+def host_batch(config, seed=0):
+    r = np.random.default_rng(seed)
+    b, s = config.data.global_batch_size, config.model.image_size
+    return {"rgb": r.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+            "depth": r.integers(1000, 60000, (b, s, s, 1), dtype=np.uint16),
+            "semseg": r.integers(0, 8, (b, s // 4, s // 4), dtype=np.uint8)}
+
+
+def run_steps(config, mesh_spec, devices, n=2):
+    mesh = sharding.make_mesh(mesh_spec, devices)
+    runner = PretrainStep(config, mesh, total_steps=10, warmup_steps=2, base_lr=1e-3)
+    state = runner.init(runner.key)
+    for i in range(n):
+        batch = jax.device_put(host_batch(config, i), runner.batch_sharding)
+        state, metrics = runner.step(state, batch)
+    return jax.device_get(state["params"]), jax.device_get(metrics), state
+
+
+def without_key_bias(path, value):
+    """Attention key biases get an exactly-zero gradient (softmax ignores them), so Adam turns
+    float round-off into full-size updates there; every other parameter is compared."""
+    value = np.asarray(value)
+    if path[-1] == "bias" and path[-2] in ("qkv", "kv"):
+        c = value.shape[0] // (3 if path[-2] == "qkv" else 2)
+        return np.delete(value, np.s_[c:2 * c] if path[-2] == "qkv" else np.s_[:c])
+    return value
+
+
+def test_data_parallel_and_fsdp_steps_equal_the_single_device_step():
+    config = small_config(**{"train.fsdp_min_size": 1024})
+    ref_params, ref_metrics, _ = run_steps(config, {"data": 1, "fsdp": 1}, jax.devices()[:1])
+    for spec in ({"data": 8, "fsdp": 1}, {"data": 2, "fsdp": 4}):
+        params, metrics, state = run_steps(config, spec, jax.devices())
+        np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-5)
+        np.testing.assert_allclose(metrics["grad_norm"], ref_metrics["grad_norm"], rtol=1e-5)
+        flat, ref = traverse_util.flatten_dict(params), traverse_util.flatten_dict(ref_params)
+        for path, value in flat.items():
+            np.testing.assert_allclose(without_key_bias(path, value),
+                                       without_key_bias(path, ref[path]), atol=2e-6, rtol=1e-4,
+                                       err_msg="/".join(path))
+        if spec["fsdp"] > 1:  # large parameters really are split over the fsdp axis
+            qkv = state["params"]["encoder"]["0"]["attn"]["qkv"]["kernel"]
+            assert "fsdp" in qkv.sharding.spec
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+    ref, _, _ = run_steps(small_config(), {"data": 8, "fsdp": 1}, jax.devices(), n=1)
+    acc, _, _ = run_steps(small_config(**{"train.grad_accum_steps": 2, "data.global_batch_size": 8}),
+                          {"data": 4, "fsdp": 1}, jax.devices()[:4], n=1)
+    # masks differ per micro-batch, so only the parameter update's scale is comparable
+    diff = lambda p: np.abs(np.asarray(p["encoder"]["0"]["mlp"]["fc1"]["kernel"])).mean()
+    assert abs(diff(acc) - diff(ref)) / diff(ref) < 0.05
+
+
+def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path):
+    config = small_config(**{"train.num_steps": 6, "train.checkpoint_every": 100})
+    train(config, tmp_path / "straight")
+    train(config, tmp_path / "resumed", stop_at_step=3)
+    assert restore_state_only(tmp_path / "resumed")[0] == 3
+    train(config, tmp_path / "resumed")
+    (s1, a), (s2, b) = restore_state_only(tmp_path / "straight"), restore_state_only(tmp_path / "resumed")
+    assert s1 == s2 == 6
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+    jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    from multimae_jax.train import step as step_module
+    real = step_module.losses.pretraining_losses
+    monkeypatch.setattr(step_module.losses, "pretraining_losses",
+                        lambda *a, **k: {t: v * np.nan for t, v in real(*a, **k).items()})
+    config = small_config(**{"train.num_steps": 10, "train.max_nonfinite_steps": 3})
+    with pytest.raises(NonFiniteError, match="3 steps in a row"):
+        train(config, tmp_path)
+    assert restore_state_only(tmp_path) is None  # nothing non-finite was ever saved
+
+
+@pytest.mark.parametrize("override,field", [
+    ({"masking.num_encoded_tokens": 13}, "config.masking.num_encoded_tokens=13"),
+    ({"model.input_tasks": ("rgb", "normals")}, "config.model.input_tasks: unknown modality 'normals'"),
+    ({"data.global_batch_size": 12}, "config.data.global_batch_size=12"),
+    ({"data.path": "/no/such/dataset"}, "config.data.path=/no/such/dataset"),
+])
+def test_bad_configs_stop_before_compiling(tmp_path, override, field):
+    with pytest.raises(ConfigError) as err:
+        train(small_config(**override), tmp_path)
+    assert str(err.value).startswith(field) and "\n" not in str(err.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_entry_point_writes_checkpoint_events_and_pictures(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "multimae_jax.main", "--config=configs/pretrain.py:tiny",
+           f"--workdir={workdir}", "--config.train.num_steps=3", "--config.train.picture_every=3",
+           "--config.train.log_every=1", "--config.data.global_batch_size=8",
+           "--config.data.synthetic_samples=64", "--config.model.image_size=32",
+           "--config.masking.num_encoded_tokens=6"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step 3: loss" in out.stderr + out.stdout
+    assert (workdir / "checkpoints" / "3").is_dir()
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (workdir / "pictures" / "step_0000003.png").is_file()
+    model, variables = mm.load_pretrained(workdir)
+    assert isinstance(model, mm.MultiMAE) and "encoder" in variables["params"]
+    bad = subprocess.run(cmd[:4] + ["--config.masking.num_encoded_tokens=1000"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "config.masking.num_encoded_tokens=1000" in bad.stderr
