@@ -37,7 +37,8 @@ def main() -> None:
 
     from multimae_jax.train.loop import train
 
-    spec = importlib.util.spec_from_file_location("pretrain_config", REPO / "configs" / "pretrain.py")
+    spec = importlib.util.spec_from_file_location("pretrain_config",
+                                                  REPO / "configs" / "pretrain.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config("tiny")

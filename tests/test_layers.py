@@ -20,7 +20,7 @@ def test_drop_path_is_per_sample_and_rescaled():
 
 
 def test_bfloat16_compute_keeps_fp32_params_and_the_fp32_semseg_decoder():
-    fp32 = pretrain_multimae("base", image_size=64, dim_tokens=64, depth=2, num_heads=4,
+    fp32 = pretrain_multimae("base", image_size=64, dim_tokens=64, depth=1, num_heads=4,
                              decoder_dim=32, decoder_depth=1, decoder_num_heads=4,
                              semseg_num_classes=10, dim_class_emb=16)
     bf16 = fp32.clone(dtype=jnp.bfloat16)

@@ -68,8 +68,8 @@ def test_proportions_are_dirichlet_draws():
 
 
 def tiny_model():
-    return pretrain_multimae(dim_tokens=64, depth=2, num_heads=4, image_size=64, decoder_dim=32,
-                             decoder_depth=1, decoder_num_heads=4, semseg_num_classes=10,
+    return pretrain_multimae(dim_tokens=64, depth=1, num_heads=4, image_size=64, decoder_dim=32,
+                             decoder_depth=0, decoder_num_heads=4, semseg_num_classes=10,
                              dim_class_emb=16)
 
 

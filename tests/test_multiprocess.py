@@ -22,7 +22,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from multimae_jax.train import checkpoint
@@ -42,7 +41,7 @@ STEPS = 3
 # summation order alone flips from +lr to -lr. With eps 1e-4 such elements move by ~1e-10.
 OVERRIDES = {
     "optimizer.blr": 0.032,  # lr = blr * 8 / 256 = 1e-3
-    "optimizer.warmup_epochs": 0,
+    "optimizer.warmup_epochs": 0.0,
     "optimizer.eps": 1e-4,
     "data.global_batch_size": 8,  # 1 sample per device, 4 per process
     "data.synthetic_samples": 32,
@@ -51,7 +50,7 @@ OVERRIDES = {
     "model.overrides.depth": 1,
     "masking.num_encoded_tokens": 6,
     "train.num_steps": STEPS,
-    "train.checkpoint_every": STEPS,
+    "train.checkpoint_every": 1,
     "train.picture_every": 1000,
     "train.log_every": 1,
 }
@@ -73,6 +72,13 @@ def _env(num_devices: int) -> dict:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {XLA_EXTRA}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
+    # The persistent compilation cache of the test session (conftest.py), if any: repeated runs
+    # skip most of the compiling. It is keyed on the program, so it never changes results.
+    cache_dir = jax.config.jax_compilation_cache_dir
+    if cache_dir:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(
+            jax.config.jax_persistent_cache_min_compile_time_secs)
     return env
 
 
@@ -130,16 +136,9 @@ def _flat(tree) -> dict:
 
 
 def _restore_numpy(workdir: Path, step: int) -> dict:
-    """The saved train state as numpy arrays, whatever topology wrote it.
-
-    Not checkpoint.restore_state_only: it rebuilds the saved shardings, which fails in a process
-    that did not write the checkpoint (see test_restore_state_only_reads_a_two_process_checkpoint).
-    """
-    path = (workdir / checkpoint.CHECKPOINTS / str(step) / "state").absolute()
-    ckptr = ocp.PyTreeCheckpointer()
-    tree = ckptr.metadata(path).item_metadata.tree
-    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+    found_step, state = checkpoint.restore_state_only(workdir, step)
+    assert found_step == step
+    return state
 
 
 @pytest.fixture(scope="module")
@@ -181,9 +180,9 @@ def test_last_step_metrics_match(trained):
 
 def test_two_processes_match_one(trained):
     one, two, _ = trained
-    for workdir in (one, two):  # Orbax always saves the first step, then every STEPS
+    for workdir in (one, two):  # checkpoint_every=1: every step, the last 3 kept
         saved = sorted(int(p.name) for p in (workdir / checkpoint.CHECKPOINTS).iterdir())
-        assert saved == [1, STEPS], saved
+        assert 1 in saved and STEPS in saved, saved
     state_one, state_two = _restore_numpy(one, STEPS), _restore_numpy(two, STEPS)
     for state in (state_one, state_two):
         assert int(state["step"]) == STEPS and int(state["skipped"]) == 0
@@ -197,7 +196,7 @@ def test_two_processes_match_one(trained):
     moved = max(float(np.max(np.abs(v - params_one[k]))) for k, v in params_step1.items())
     print(f"\n{len(diffs)} parameter arrays after {STEPS} steps: largest |two processes - one| "
           f"{diffs[worst]:.3g} ({worst}); largest change from step 1 {moved:.3g}")
-    assert moved > 1e-3
+    assert moved > 5e-4
     for k in params_one:
         np.testing.assert_allclose(params_two[k], params_one[k], rtol=0, atol=1e-5, err_msg=k)
     opt_one, opt_two = _flat(state_one["opt_state"]), _flat(state_two["opt_state"])
@@ -208,10 +207,6 @@ def test_two_processes_match_one(trained):
         np.testing.assert_allclose(opt_two[k], opt_one[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="restore_state_only restores into the saved shardings: Orbax raises "
-                          "'Topology mismatch detected' in a process that did not write the "
-                          "checkpoint; restore as numpy (see _restore_numpy) to fix")
 def test_restore_state_only_reads_a_two_process_checkpoint(trained):
     _, two, _ = trained
     step, state = checkpoint.restore_state_only(two)

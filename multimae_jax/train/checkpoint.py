@@ -6,6 +6,8 @@ complete, so a crash mid-save never damages the previous checkpoint. Every proce
 from pathlib import Path
 
 import grain
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"
@@ -36,10 +38,15 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
 
 def restore_state_only(workdir, step: int | None = None):
     """(step, state as numpy arrays) of the latest (or given) checkpoint in a workdir, for
-    evaluation; None if there is none."""
-    mngr = ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINTS, item_names=("state",))
-    step = mngr.latest_step() if step is None else step
+    evaluation on any machine (whatever topology wrote it); None if there is none."""
+    root = Path(workdir).absolute() / CHECKPOINTS
+    with ocp.CheckpointManager(root, item_names=("state",)) as mngr:
+        step = mngr.latest_step() if step is None else step
     if step is None:
         return None
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, restored["state"]
+    path = root / str(step) / "state"
+    ckptr = ocp.PyTreeCheckpointer()
+    tree = ckptr.metadata(path).item_metadata.tree
+    # Restoring as numpy ignores the saved shardings, which name devices of the writing job.
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return step, ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))

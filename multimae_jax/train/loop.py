@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from multimae_jax.data.pipeline import global_batch, make_dataset, make_source
@@ -66,6 +68,14 @@ class _StopRequest:
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+
+
+def _agreed(flag: bool) -> bool:
+    """True on every process if it is True on any: a signal reaching the processes at different
+    steps must still stop them all after the same step (checkpoint saves are collective)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(multihost_utils.process_allgather(np.int32(flag)).max())
 
 
 def _format(metrics: dict) -> str:
@@ -161,7 +171,7 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
                     grid = reconstruction_grid(*pictures, patch_size=config.model.patch_size)
                     save_png(grid, workdir / "pictures" / f"step_{step:07d}.png")
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
-            stopping = stop.signal or step == stop_at_step
+            stopping = _agreed(bool(stop.signal)) or step == stop_at_step
             if mngr.should_save(step) or step == total or stopping:
                 # never checkpoint a state that is in a run of non-finite steps
                 if int(state["nonfinite_streak"]) == 0:
