@@ -18,7 +18,6 @@ either count; 'n/a' where the peak is unknown (CPUs). The one synthetic batch is
 step; the masks still change (they are drawn from the step number).
 """
 import math
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from multimae_jax import modalities
-from multimae_jax.train import sharding
+from multimae_jax.train import distributed, sharding
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.validate import ConfigError, validate
 
@@ -342,9 +341,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    if "JAX_COORDINATOR_ADDRESS" in os.environ or "SLURM_NTASKS" in os.environ \
-            or "TPU_WORKER_HOSTNAMES" in os.environ:
-        jax.distributed.initialize()
+    distributed.maybe_initialize()
     try:
         result = run(_CONFIG.value, _STEPS.value, _WARMUP.value)
     except (ConfigError, BenchmarkError) as e:
