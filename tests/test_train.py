@@ -138,7 +138,8 @@ def test_entry_point_writes_checkpoint_events_and_pictures(tmp_path):
            f"--workdir={workdir}", "--config.train.num_steps=3", "--config.train.picture_every=3",
            "--config.train.log_every=1", "--config.data.global_batch_size=8",
            "--config.data.synthetic_samples=64", "--config.model.image_size=32",
-           "--config.masking.num_encoded_tokens=6"]
+           "--config.masking.num_encoded_tokens=6", "--config.model.overrides.depth=1",
+           "--config.model.decoder_depth=0"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 3: loss" in out.stderr + out.stdout
