@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from multimae_jax.train import checkpoint
+from xla_flags import cpu_flags
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 # A hang guard for the three runs together: they need about 190 s of CPU, 100 s on two idle
@@ -69,7 +70,7 @@ def _free_port() -> int:
 
 def _env(num_devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices} {XLA_EXTRA}"
+    env["XLA_FLAGS"] = f"{cpu_flags(num_devices)} {XLA_EXTRA}"
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     # The persistent compilation cache of the test session (conftest.py), if any: repeated runs
