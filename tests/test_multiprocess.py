@@ -55,8 +55,6 @@ OVERRIDES = {
     "train.picture_every": 1000,
     "train.log_every": 1,
 }
-# Both sides compile with the same flags; -O0 code generation only makes compiling cheaper.
-XLA_EXTRA = "--xla_backend_optimization_level=0"
 # Variables a cluster launcher might have set, which would make jax.distributed look elsewhere.
 CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
                 "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")
@@ -70,7 +68,7 @@ def _free_port() -> int:
 
 def _env(num_devices: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
-    env["XLA_FLAGS"] = f"{cpu_flags(num_devices)} {XLA_EXTRA}"
+    env["XLA_FLAGS"] = cpu_flags(num_devices)
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONUNBUFFERED"] = "1"
     # The persistent compilation cache of the test session (conftest.py), if any: repeated runs

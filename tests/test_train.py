@@ -1,5 +1,6 @@
 """The pre-training step and loop: official schedule, sharding equivalence, exact resumption,
 non-finite handling, config errors, and the entry point."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from multimae_jax.train.optimizer import decay_mask, warmup_cosine
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.validate import ConfigError
 from train_helpers import small_config
+from xla_flags import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,7 +164,9 @@ def test_entry_point_writes_checkpoint_events_and_pictures(tmp_path):
            "--config.data.synthetic_samples=64", "--config.model.image_size=32",
            "--config.masking.num_encoded_tokens=6", "--config.model.overrides.depth=1",
            "--config.model.decoder_depth=0"]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # one CPU device, as on the laptop the README's first command is for
+    env = {**os.environ, "XLA_FLAGS": cpu_flags(1)}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 3: loss" in out.stderr + out.stdout
     assert (workdir / "checkpoints" / "3").is_dir()
@@ -170,6 +174,6 @@ def test_entry_point_writes_checkpoint_events_and_pictures(tmp_path):
     assert (workdir / "pictures" / "step_0000003.png").is_file()
     model, variables = mm.load_pretrained(workdir)
     assert isinstance(model, mm.MultiMAE) and "encoder" in variables["params"]
-    bad = subprocess.run(cmd[:4] + ["--config.masking.num_encoded_tokens=1000"], cwd=REPO,
+    bad = subprocess.run(cmd[:4] + ["--config.masking.num_encoded_tokens=1000"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "config.masking.num_encoded_tokens=1000" in bad.stderr

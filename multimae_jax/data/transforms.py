@@ -162,15 +162,12 @@ def standardize_depth(d: jnp.ndarray) -> jnp.ndarray:
     return (d - mean) / jnp.sqrt(var + 1e-6)
 
 
-_standardize_depth = standardize_depth  # prepare_batch's flag of the same name shadows it
-
-
-def prepare_batch(batch: dict, standardize_depth: bool = True) -> dict:
+def prepare_batch(batch: dict, depth_standardization: bool = True) -> dict:
     """DEVICE: a collated batch of `PretrainAugment` outputs -> model inputs/targets.
 
     'rgb' uint8 (B, S, S, 3) -> float32 ImageNet-normalised; 'uint16' modalities (depth)
     -> float32 value / 2**16, then for depth the truncated standardisation when
-    `standardize_depth` (official default for pre-training); labels -> int32 (B, S/s, S/s);
+    `depth_standardization` (official default for pre-training); labels -> int32 (B, S/s, S/s);
     other keys are returned unchanged.
     """
     out = dict(batch)
@@ -184,6 +181,6 @@ def prepare_batch(batch: dict, standardize_depth: bool = True) -> dict:
             out[task] = jnp.asarray(value).astype(jnp.float32) / 2.0 ** 16
     if "rgb" in out:
         out["rgb"] = normalize_rgb(out["rgb"])
-    if standardize_depth and "depth" in out:
-        out["depth"] = _standardize_depth(out["depth"])
+    if depth_standardization and "depth" in out:
+        out["depth"] = standardize_depth(out["depth"])
     return out

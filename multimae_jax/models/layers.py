@@ -57,18 +57,32 @@ class Mlp(nn.Module):
         return nn.Dropout(self.drop, deterministic=not train)(x)
 
 
+BATCH = "batch"  # logical axis name of the batch dimension
+
+
+def batch_split(x: jax.Array) -> jax.Array:
+    """x (B, ...) constrained to be split along B over the mesh axes that the logical axis rules
+    in effect map 'batch' to (see `flax.linen.logical_axis_rules`); unchanged without rules.
+
+    Under FSDP the compiler would otherwise follow the split weights into the attention
+    reshapes and regather whole activations there.
+    """
+    return nn.with_logical_constraint(x, (BATCH,) + (None,) * (x.ndim - 1))
+
+
 def _attend(q, k, v, num_heads: int, attn_drop: float, train: bool, dtype: Dtype):
     """Multi-head scaled dot-product attention. q: (B, N, C), k, v: (B, M, C) -> (B, N, C).
 
     Heads own contiguous channel blocks, as in the official reshape. Softmax runs in float32.
     """
+    q, k, v = batch_split(q), batch_split(k), batch_split(v)
     b, n, c = q.shape
     hd = c // num_heads
     split = lambda t: t.reshape(t.shape[0], t.shape[1], num_heads, hd)
     logits = jnp.einsum("bnhd,bmhd->bhnm", split(q), split(k)) * (hd ** -0.5)
     attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(dtype)
     attn = nn.Dropout(attn_drop, deterministic=not train)(attn)
-    return jnp.einsum("bhnm,bmhd->bnhd", attn, split(v)).reshape(b, n, c)
+    return batch_split(jnp.einsum("bhnm,bmhd->bnhd", attn, split(v)).reshape(b, n, c))
 
 
 class _AttentionConfig(nn.Module):
@@ -86,7 +100,8 @@ class Attention(_AttentionConfig):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
-        qkv = dense(3 * c, "qkv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(3))(x)
+        qkv = batch_split(
+            dense(3 * c, "qkv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(3))(x))
         q, k, v = jnp.split(qkv, 3, axis=-1)
         x = _attend(q, k, v, self.num_heads, self.attn_drop, train, self.dtype)
         x = dense(c, "proj", self.dtype)(x)
@@ -100,7 +115,8 @@ class CrossAttention(_AttentionConfig):
     def __call__(self, x: jax.Array, context: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
         q = dense(c, "q", self.dtype, self.qkv_bias)(x)
-        kv = dense(2 * c, "kv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(2))(context)
+        kv = batch_split(
+            dense(2 * c, "kv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(2))(context))
         k, v = jnp.split(kv, 2, axis=-1)
         x = _attend(q, k, v, self.num_heads, self.attn_drop, train, self.dtype)
         x = dense(c, "proj", self.dtype)(x)

@@ -8,10 +8,12 @@ or gradient is not finite.
 """
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import optax
 
 from multimae_jax import losses
 from multimae_jax.data.transforms import prepare_batch
+from multimae_jax.models.layers import BATCH
 from multimae_jax.models.presets import pretrain_multimae
 from multimae_jax.models.spec import example_inputs
 from multimae_jax.train import sharding
@@ -65,12 +67,14 @@ class PretrainStep:
         inputs = prepare_batch({t: batch[t] for t in self.config.model.input_tasks},
                                data.standardize_depth)
         mask_key, drop_key = jax.random.split(key)
-        preds, masks = self.model.apply(
-            {"params": params, "buffers": buffers}, inputs,
-            rngs={"masking": mask_key, "dropout": drop_key},
-            num_encoded_tokens=mc.num_encoded_tokens, alphas=tuple(mc.alphas)
-            if isinstance(mc.alphas, (tuple, list)) else mc.alphas,
-            sample_tasks_uniformly=mc.sample_tasks_uniformly, train=train)
+        with (jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh),
+              nn.logical_axis_rules(((BATCH, sharding.AXES),))):
+            preds, masks = self.model.apply(
+                {"params": params, "buffers": buffers}, inputs,
+                rngs={"masking": mask_key, "dropout": drop_key},
+                num_encoded_tokens=mc.num_encoded_tokens, alphas=tuple(mc.alphas)
+                if isinstance(mc.alphas, (tuple, list)) else mc.alphas,
+                sample_tasks_uniformly=mc.sample_tasks_uniformly, train=train)
         task_losses = losses.pretraining_losses(preds, inputs, masks, self.config.model.patch_size)
         return inputs, preds, masks, task_losses
 
