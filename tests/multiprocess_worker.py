@@ -8,7 +8,6 @@ environment (K local CPU devices). Without --coordinator it is a plain one-proce
 `--overrides` is a JSON object {"a.b": value} applied to configs/pretrain.py:tiny.
 """
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import jax
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # import this checkout's multimae_jax, wherever pytest runs
+sys.path.insert(0, str(REPO))  # this checkout's multimae_jax and configs, wherever pytest runs
 
 
 def main() -> None:
@@ -35,19 +34,11 @@ def main() -> None:
                                    num_processes=args.num_processes, process_id=args.process_id,
                                    initialization_timeout=120)
 
+    from configs.pretrain import get_config
     from multimae_jax.train.loop import train
 
-    spec = importlib.util.spec_from_file_location("pretrain_config",
-                                                  REPO / "configs" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("tiny")
-    for dotted, value in json.loads(args.overrides).items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config = get_config("tiny")
+    config.update_from_flattened_dict(json.loads(args.overrides))
     metrics = train(config, args.workdir)
     print(f"process {jax.process_index()}/{jax.process_count()}, "
           f"{jax.local_device_count()}/{jax.device_count()} devices: {json.dumps(metrics)}",

@@ -100,8 +100,7 @@ class Attention(_AttentionConfig):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
-        qkv = batch_split(
-            dense(3 * c, "qkv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(3))(x))
+        qkv = dense(3 * c, "qkv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(3))(x)
         q, k, v = jnp.split(qkv, 3, axis=-1)
         x = _attend(q, k, v, self.num_heads, self.attn_drop, train, self.dtype)
         x = dense(c, "proj", self.dtype)(x)
@@ -115,8 +114,7 @@ class CrossAttention(_AttentionConfig):
     def __call__(self, x: jax.Array, context: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
         q = dense(c, "q", self.dtype, self.qkv_bias)(x)
-        kv = batch_split(
-            dense(2 * c, "kv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(2))(context))
+        kv = dense(2 * c, "kv", self.dtype, self.qkv_bias, inits.split_xavier_uniform(2))(context)
         k, v = jnp.split(kv, 2, axis=-1)
         x = _attend(q, k, v, self.num_heads, self.attn_drop, train, self.dtype)
         x = dense(c, "proj", self.dtype)(x)
