@@ -1,6 +1,7 @@
 """The pre-training step and loop: official schedule, sharding equivalence, exact resumption,
 non-finite handling, config errors, and the entry point."""
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -120,11 +121,29 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients():
         np.testing.assert_allclose(got[path], value, atol=1e-6, rtol=1e-4, err_msg="/".join(path))
 
 
-def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path):
+def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, monkeypatch):
+    """Stopped twice, by `stop_at_step` and by a SIGTERM (as a preemption), then resumed."""
     config = small_config(**{"train.num_steps": 6, "train.checkpoint_every": 100})
     train(config, tmp_path / "straight")
-    train(config, tmp_path / "resumed", stop_at_step=3)
-    assert restore_state_only(tmp_path / "resumed")[0] == 3
+    train(config, tmp_path / "resumed", stop_at_step=2)
+    assert restore_state_only(tmp_path / "resumed")[0] == 2
+
+    from multimae_jax.train import loop
+    real_global_batch, batches = loop.global_batch, []
+
+    def terminated_while_fetching_step_4(*args):
+        batches.append(None)
+        if len(batches) == 2:  # resumed at step 3, so the second batch is step 4's
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_global_batch(*args)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(loop, "global_batch", terminated_while_fetching_step_4)
+    train(config, tmp_path / "resumed")  # returns normally after saving step 4
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) is before  # train() put the handlers back
+    assert restore_state_only(tmp_path / "resumed")[0] == 4
+
     train(config, tmp_path / "resumed")
     (s1, a), (s2, b) = restore_state_only(tmp_path / "straight"), restore_state_only(tmp_path / "resumed")
     assert s1 == s2 == 6

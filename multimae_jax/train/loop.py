@@ -59,15 +59,20 @@ def _schedule_figures(config, num_samples: int) -> dict:
 
 
 class _StopRequest:
-    """Turns SIGTERM / SIGINT into a flag checked between steps."""
+    """Turns SIGTERM / SIGINT into a flag checked between steps, until `restore()` puts the
+    previous handlers back (so Ctrl-C works again in a notebook after `train` returns)."""
 
     def __init__(self):
         self.signal = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle)
+                          for sig in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
         self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _agreed(flag: bool) -> bool:
@@ -181,6 +186,7 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
                     tqdm.write(f"{stop.signal or 'stop_at_step'}: saved step {step}, stopping")
                 break
     finally:
+        stop.restore()
         bar.close()
         mngr.wait_until_finished()
         mngr.close()
