@@ -54,6 +54,7 @@ def test_export_roundtrip_is_the_official_state_dict(official_dir, official_npz,
         # and the exported file loads back as a model
         model2, variables2 = load_pretrained(path, **TINY_HEADS)
         assert to_spec(model2) == to_spec(model)
+        jax.tree.map(np.testing.assert_array_equal, variables2, variables)
 
 
 def test_spec_roundtrip_builds_the_same_model():

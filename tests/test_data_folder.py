@@ -20,8 +20,7 @@ def index_of(key: str) -> int:
 
 def test_samples_are_paired_by_path_not_by_position(tmp_path):
     keys = write_dataset(tmp_path)
-    # rgb files sort differently from the others (jpg vs png) and one depth file is missing:
-    # pairing by position would shift every later sample.
+    # one depth file is missing: pairing by position would shift every later sample.
     os.remove(tmp_path / "depth" / "n02" / "s004.png")
     with pytest.raises(ValueError, match=r"1 sample\(s\) have no depth file .*n02/s004"):
         FolderSource(tmp_path, TASKS)

@@ -72,10 +72,16 @@ def test_rgb_is_denormalised_and_depth_shares_the_target_scale():
     lo, hi = inputs["depth"][0].argmin(), inputs["depth"][0].argmax()
     flat_pred, flat_target = depth_pred.reshape(-1, 3), depth_target.reshape(-1, 3)
     np.testing.assert_array_equal(flat_pred[[lo, hi]], flat_target[[lo, hi]])
+    # on the target's scale every predicted value beyond its range takes the end colour (on
+    # the prediction's own scale only the prediction's extremes would)
+    x = inputs["depth"][0].reshape(-1)
+    above, below = 10 * x >= x.max(), 10 * x <= x.min()
+    assert above.sum() > 1 and below.sum() > 1
+    np.testing.assert_array_equal(flat_pred[above], np.broadcast_to(flat_target[hi], (above.sum(), 3)))
+    np.testing.assert_array_equal(flat_pred[below], np.broadcast_to(flat_target[lo], (below.sum(), 3)))
 
 
 def test_semseg_palette_is_fixed():
-    np.testing.assert_array_equal(vis.palette(133), vis.palette(133))
     np.testing.assert_array_equal(vis.palette(133)[:C], vis.palette(C))
     colours = np.round(vis.palette(133) * 255).astype(np.uint8)
     assert len(np.unique(colours, axis=0)) == 133
