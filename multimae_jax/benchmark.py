@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from multimae_jax import modalities
 from multimae_jax.train import distributed, sharding
+from multimae_jax.train.optimizer import scaled_lr
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.validate import ConfigError, validate
 
@@ -135,7 +136,7 @@ def _cost(compiled) -> dict:
     return dict(cost or {})
 
 
-def _xla_flops_per_image(config, runner, state, batch, compiled, compiler_options=None):
+def _xla_flops_per_image(config, runner, state, batch, compiled):
     """(FLOPs per image, where they come from) from XLA's cost analysis of the compiled step.
 
     The compiled program is the SPMD-partitioned one: its cost analysis counts the work of one
@@ -157,7 +158,7 @@ def _xla_flops_per_image(config, runner, state, batch, compiled, compiler_option
         abstract_batch = {k: jax.ShapeDtypeStruct((x.shape[0] // accum,) + x.shape[1:], x.dtype,
                                                   sharding=one.batch_sharding)
                           for k, x in batch.items()}
-        compiled = one.step.lower(abstract_state, abstract_batch).compile(compiler_options)
+        compiled = one.step.lower(abstract_state, abstract_batch).compile()
         images //= accum
         source += " of one micro-batch, compiled apart (XLA counts a loop body once)"
     flops = _cost(compiled).get("flops")
@@ -193,14 +194,10 @@ def _peak_bytes_in_use():
     return max(peaks) if peaks else None
 
 
-def run(config, steps: int = 20, warmup: int = 3, compiler_options: dict | None = None) -> dict:
+def run(config, steps: int = 20, warmup: int = 3) -> dict:
     """Compiles the pre-training step of `config` and times `steps` steps after `warmup` ones on
     device-resident synthetic batches. Returns the figures (see `report`). Raises ConfigError
-    for an invalid config and BenchmarkError if a step's loss or gradient is not finite.
-
-    compiler_options: XLA options for compiling the init and step programs, e.g.
-    {'xla_backend_optimization_level': 0} to compile quickly in tests (the CPU step then runs
-    slower)."""
+    for an invalid config and BenchmarkError if a step's loss or gradient is not finite."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
     devices = jax.devices()
@@ -209,18 +206,15 @@ def run(config, steps: int = 20, warmup: int = 3, compiler_options: dict | None 
     gb = config.data.global_batch_size
     total = warmup + steps + 1
     runner = PretrainStep(config, mesh, total_steps=total, warmup_steps=1,
-                          base_lr=config.optimizer.blr * gb / 256)
+                          base_lr=scaled_lr(config))
     params = runner.abstract_state["params"]
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
-    opts = dict(compiler_options or {})
-    init = runner.init.lower(runner.key).compile(opts) if opts else runner.init
-    state = init(runner.key)
+    state = runner.init(runner.key)
     batch = synthetic_batch(config, runner.batch_sharding, config.seed)
     jax.block_until_ready((state, batch))
 
     start = time.perf_counter()
-    compiled = runner.step.lower(state, batch).compile(opts or None)
+    compiled = runner.step.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
 
     times, finite = [], []
@@ -240,8 +234,7 @@ def run(config, steps: int = 20, warmup: int = 3, compiler_options: dict | None 
                              "skipped updates")
     loss = float(jax.device_get(loss))
 
-    flops_per_image, flops_source = _xla_flops_per_image(config, runner, state, batch, compiled,
-                                                        opts or None)
+    flops_per_image, flops_source = _xla_flops_per_image(config, runner, state, batch, compiled)
     median, mean = statistics.median(times), statistics.fmean(times)
     images_per_s = gb / median
     dev = devices[0]
@@ -253,7 +246,7 @@ def run(config, steps: int = 20, warmup: int = 3, compiler_options: dict | None 
         "platform": dev.platform, "device_kind": dev.device_kind, "num_devices": len(devices),
         "num_processes": jax.process_count(), "mesh": dict(mesh.shape),
         "model": f"{config.model.size} /{config.model.patch_size} at {config.model.image_size}px",
-        "params": n_params, "compute_dtype": config.train.compute_dtype,
+        "params": runner.num_params, "compute_dtype": config.train.compute_dtype,
         "global_batch": gb, "grad_accum_steps": config.train.grad_accum_steps,
         "steps": steps, "warmup": warmup, "compile_s": compile_s,
         "step_time_median_s": median, "step_time_mean_s": mean,

@@ -6,7 +6,6 @@ cleanly. Too many non-finite steps in a row stop the run without saving, so the 
 checkpoint stays the latest.
 """
 import json
-import math
 import platform
 import signal
 import time
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from multimae_jax.data.pipeline import global_batch, make_dataset, make_source
 from multimae_jax.models.spec import to_spec
 from multimae_jax.train import checkpoint, sharding
+from multimae_jax.train.optimizer import scaled_lr
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import reconstruction_grid, save_png
@@ -55,7 +55,7 @@ def _schedule_figures(config, num_samples: int) -> dict:
     total = config.train.num_steps if config.train.num_steps > 0 else config.train.epochs * steps_per_epoch
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total,
             "warmup_steps": int(config.optimizer.warmup_epochs * steps_per_epoch),
-            "lr": config.optimizer.blr * gb / 256}
+            "lr": scaled_lr(config)}
 
 
 class _StopRequest:
@@ -109,8 +109,7 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         _write_run_info(workdir, config, runner.model)
-        n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(runner.abstract_state["params"]))
-        print(f"data: {source!r}\nmodel: {n_params:,} trainable parameters, mesh "
+        print(f"data: {source!r}\nmodel: {runner.num_params:,} trainable parameters, mesh "
               f"{dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s) in {jax.process_count()} process(es)\n"
               f"global batch {gb}, {fig['steps_per_epoch']} steps/epoch, {fig['total_steps']} "

@@ -4,6 +4,11 @@ import optax
 from flax import traverse_util
 
 
+def scaled_lr(config) -> float:
+    """The official linear scaling: lr = blr * global batch / 256."""
+    return config.optimizer.blr * config.data.global_batch_size / 256
+
+
 def warmup_cosine(base_lr: float, total_steps: int, warmup_steps: int, min_lr: float = 0.0):
     """The official per-step `cosine_scheduler`: warm-up = np.linspace(0, base_lr, warmup_steps)
     (from 0, both ends included), then a half cosine from base_lr to min_lr over the rest."""

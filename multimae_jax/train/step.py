@@ -6,6 +6,8 @@ token counts stay static; it computes the official losses in float32 whatever th
 dtype, accumulates gradients over micro-batches, and skips (and counts) any update whose loss
 or gradient is not finite.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
@@ -53,6 +55,11 @@ class PretrainStep:
         self.step = jax.jit(self._step, in_shardings=(self.state_sharding, self.batch_sharding),
                             out_shardings=(self.state_sharding, rep), donate_argnums=0)
         self.predict = jax.jit(self._predict, static_argnums=2, out_shardings=rep)
+
+    @property
+    def num_params(self) -> int:
+        """Number of trainable parameters."""
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(self.abstract_state["params"]))
 
     def _init(self, key):
         variables = self.model.init(key, example_inputs(self.model), mask_inputs=False)
