@@ -15,17 +15,16 @@ from tqdm import tqdm
 
 from multimae_jax import modalities
 from multimae_jax.data.codecs import CorruptFileError
-from multimae_jax.data.folder import FolderSource, scan_folder
+from multimae_jax.data.folder import FolderSource
 from multimae_jax.data.records import decode_record
 from multimae_jax.data.shards import ShardSource, is_shard_dir
 
-_SOURCE = None
+_SOURCE = None  # the source of a worker process, built once by the parent
 
 
-def _init_worker(root, tasks):
+def _set_source(source) -> None:
     global _SOURCE
-    _SOURCE = (ShardSource(root, tasks) if is_shard_dir(root)
-               else FolderSource(root, tasks, allow_incomplete=True))
+    _SOURCE = source
 
 
 def sample_problems(record: dict, tasks, num_classes: int) -> list[str]:
@@ -59,7 +58,8 @@ def check(root, tasks, quick: bool = False, num_classes: int = 133, num_workers:
         source = ShardSource(root, tasks)
         print(f"{root}: packed shards, {len(source)} records, tasks {source.meta['tasks']}", file=out)
     else:
-        scan = scan_folder(root, tasks)
+        source = FolderSource(root, tasks, allow_incomplete=True)
+        scan = source.scan
         print(f"{root}: {len(scan.samples)} complete samples in {len(scan.classes)} classes",
               file=out)
         for task in tasks:
@@ -77,12 +77,12 @@ def check(root, tasks, quick: bool = False, num_classes: int = 133, num_workers:
         for task, items in scan.duplicates.items():
             problems += [f"{s}: several {task} files" for s in items]
     if not quick:
-        _init_worker(root, tasks)
-        n = len(_SOURCE)
+        _set_source(source)
+        n = len(source)
         jobs = [(i, tuple(tasks), num_classes) for i in range(n)]
         if num_workers > 1:
-            with multiprocessing.get_context("spawn").Pool(num_workers, _init_worker,
-                                                           (str(root), tuple(tasks))) as pool:
+            with multiprocessing.get_context("spawn").Pool(num_workers, _set_source,
+                                                           (source,)) as pool:
                 results = list(tqdm(pool.imap(_check_one, jobs, chunksize=64), total=n,
                                     desc="decoding", unit="sample"))
         else:

@@ -21,9 +21,17 @@ from multimae_jax.data.records import decode_record, pack_record
 from multimae_jax.data.shards import META, shard_name
 
 
+_SOURCE = None  # the FolderSource of a worker process, scanned once by the parent
+
+
+def _set_source(source: FolderSource) -> None:
+    global _SOURCE
+    _SOURCE = source
+
+
 def _write_shard(args) -> int:
     src_root, tasks, out, index, count, decoded = args
-    source = FolderSource(src_root, tasks)
+    source = _SOURCE
     target = Path(out) / shard_name(index, count)
     tmp = target.with_suffix(".tmp")
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
@@ -60,8 +68,10 @@ def pack(src, out, tasks, num_shards: int, num_workers: int = 1, decoded: bool =
     todo = [i for i in range(num_shards) if not (out / shard_name(i, num_shards)).exists()]
     jobs = [(str(src), tuple(tasks), str(out), i, num_shards, decoded) for i in todo]
     bar = tqdm(total=num_shards, initial=num_shards - len(todo), desc="packing", unit="shard")
+    _set_source(source)
     if num_workers > 1 and len(jobs) > 1:
-        with multiprocessing.get_context("spawn").Pool(num_workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(num_workers, _set_source,
+                                                       (source,)) as pool:
             for _ in pool.imap_unordered(_write_shard, jobs):
                 bar.update()
     else:
