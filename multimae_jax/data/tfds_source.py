@@ -1,12 +1,12 @@
 """TensorFlow Datasets as a source (random access, no TensorFlow needed): data.path
 'tfds:NAME[:SPLIT]', e.g. 'tfds:imagenet2012:train'. Records have the same form as the folder's,
-with decoded arrays."""
+with decoded arrays. TFDS finds its data in $TFDS_DATA_DIR (default ~/tensorflow_datasets)."""
 import numpy as np
 
 from multimae_jax import modalities
 
-#: The feature each task is read from, unless given.
-DEFAULT_FIELDS = {"rgb": "image", "depth": "depth", "semseg": "segmentation_mask"}
+#: The feature each task is read from (any other task: the feature of its own name).
+FIELDS = {"rgb": "image", "depth": "depth", "semseg": "segmentation_mask"}
 
 
 def parse_tfds_path(path: str) -> tuple[str, str]:
@@ -24,14 +24,12 @@ class TfdsSource:
     features are squeezed to (H, W) for 'uint16' and 'labels' tasks.
     """
 
-    def __init__(self, name: str, split: str, tasks, fields: dict | None = None,
-                 label_field: str = "label", data_dir: str | None = None):
+    def __init__(self, name: str, split: str, tasks):
         import tensorflow_datasets as tfds  # heavy import, only when this source is used
 
         self.name, self.split, self.tasks = name, split, tuple(tasks)
-        self.fields = {t: (fields or {}).get(t, DEFAULT_FIELDS.get(t, t)) for t in self.tasks}
-        self.label_field = label_field
-        self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+        self.fields = {t: FIELDS.get(t, t) for t in self.tasks}
+        self._source = tfds.data_source(name, split=split)
         features = set(self._source.dataset_info.features.keys())
         missing = {t: f for t, f in self.fields.items() if f not in features}
         if missing:
@@ -44,7 +42,7 @@ class TfdsSource:
     def __getitem__(self, index: int) -> dict:
         ex = self._source[index]
         record = {"key": f"{self.name}/{self.split}/{index}",
-                  "label": int(ex[self.label_field]) if self.label_field in ex else 0}
+                  "label": int(ex["label"]) if "label" in ex else 0}
         for task, field in self.fields.items():
             value = np.asarray(ex[field])
             storage = modalities.get(task).storage
