@@ -4,6 +4,7 @@ import os
 
 from multimae_jax import modalities
 from multimae_jax.models.input_adapters import patch_dims
+from multimae_jax.train.step import DTYPES
 
 
 class ConfigError(ValueError):
@@ -21,13 +22,11 @@ def validate(config, num_devices: int, num_processes: int) -> None:
         target = modalities.get(task).target
         if target not in mc.input_tasks:
             raise ConfigError(f"config.model.output_tasks: '{task}' needs input '{target}' as target")
-    total = 0
-    for task in mc.input_tasks:
-        ph, pw = patch_dims(mc.patch_size, 1)
-        if mc.image_size % ph:
-            raise ConfigError(f"config.model.image_size={mc.image_size}: not a multiple of the "
-                              f"patch size {mc.patch_size}")
-        total += (mc.image_size // ph) * (mc.image_size // pw)
+    ph, pw = patch_dims(mc.patch_size, 1)
+    if mc.image_size % ph or mc.image_size % pw:
+        raise ConfigError(f"config.model.image_size={mc.image_size}: not a multiple of the "
+                          f"patch size {mc.patch_size}")
+    total = len(mc.input_tasks) * (mc.image_size // ph) * (mc.image_size // pw)  # every task alike
     k = config.masking.num_encoded_tokens
     if not 0 < k <= total:
         raise ConfigError(f"config.masking.num_encoded_tokens={k}: must be in [1, {total}] (the "
@@ -42,6 +41,6 @@ def validate(config, num_devices: int, num_processes: int) -> None:
     path = config.data.path
     if path and not path.startswith("tfds:") and not os.path.exists(path):
         raise ConfigError(f"config.data.path={path}: does not exist")
-    if config.train.compute_dtype not in ("float32", "bfloat16"):
+    if config.train.compute_dtype not in DTYPES:
         raise ConfigError(f"config.train.compute_dtype={config.train.compute_dtype}: "
-                          "expected 'float32' or 'bfloat16'")
+                          f"expected one of {sorted(DTYPES)}")
