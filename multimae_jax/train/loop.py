@@ -151,16 +151,18 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
             images_since += gb
             bar.update()
             if step % config.train.log_every == 0 or step == total:
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                fetched, counters = jax.device_get(  # one transfer for everything logged
+                    (metrics, {k: state[k] for k in ("nonfinite_streak", "skipped")}))
+                last = {k: float(v) for k, v in fetched.items()}
                 now = time.perf_counter()
                 last["images_per_sec"] = images_since / (now - tick)
                 tick, images_since = now, 0
-                streak = int(state["nonfinite_streak"])
+                streak, skipped = int(counters["nonfinite_streak"]), int(counters["skipped"])
                 bar.set_postfix(epoch=f"{step / fig['steps_per_epoch']:.2f}",
                                 img_s=f"{last['images_per_sec']:.0f}", loss=f"{last['loss']:.3f}")
                 if is_main:
                     tqdm.write(f"step {step}: {_format(last)} | {last['images_per_sec']:.0f} img/s"
-                               + (f" | skipped {int(state['skipped'])}" if int(state["skipped"]) else ""))
+                               + (f" | skipped {skipped}" if skipped else ""))
                     for k, v in last.items():
                         writer.add_scalar(k, v, step)
                 if streak >= config.train.max_nonfinite_steps:
