@@ -45,3 +45,13 @@ def official_npz(official_dir):
         return cache[name]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def official_state_dict(official_npz):
+    """``official_state_dict(name)`` -> the official model's state dict saved in
+    ``<name>.npz`` (its 'param/<key>' entries, keyed by <key>)."""
+    def load(name: str) -> dict[str, np.ndarray]:
+        return {k[len("param/"):]: v for k, v in official_npz(name).items() if k.startswith("param/")}
+
+    return load

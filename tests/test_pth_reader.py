@@ -14,10 +14,6 @@ from multimae_jax.convert.export import load_exported, save_state_dict
 from multimae_jax.convert.pth_reader import extract_state_dict, load_state_dict, read_pth
 
 
-def _params(npz: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k[len("param/"):]: v for k, v in npz.items() if k.startswith("param/")}
-
-
 def _assert_same(actual: dict, expected: dict) -> None:
     assert actual.keys() == expected.keys()
     for key, value in expected.items():
@@ -29,9 +25,9 @@ def _assert_same(actual: dict, expected: dict) -> None:
 
 
 @pytest.mark.parametrize("name", ["pretrain_tiny", "multivit_heads_tiny"])
-def test_fixture_matches_npz(official_dir, official_npz, name):
+def test_fixture_matches_npz(official_dir, official_state_dict, name):
     # These files hold non-contiguous tensors (pos_emb with stride (1024, 1, 256, 64)).
-    _assert_same(load_state_dict(official_dir / f"{name}.pth"), _params(official_npz(name)))
+    _assert_same(load_state_dict(official_dir / f"{name}.pth"), official_state_dict(name))
 
 
 def test_pretrain_extra_entries(official_dir):
@@ -54,12 +50,12 @@ def test_dpt_aliases_are_equal(official_dir):
         )
 
 
-def test_timm_vit_matches_multivit_encoder(official_dir, official_npz):
+def test_timm_vit_matches_multivit_encoder(official_dir, official_state_dict):
     sd = load_state_dict(official_dir / "vit_tiny_timm.pth")
     shapes = json.loads((official_dir / "vit_tiny_timm.json").read_text())["keys"]
     assert {k: list(v.shape) for k, v in sd.items()} == shapes
 
-    multivit = _params(official_npz("multivit_heads_tiny"))
+    multivit = official_state_dict("multivit_heads_tiny")
     blocks = {k: v for k, v in sd.items() if k.startswith("blocks.")}
     _assert_same(blocks, {k: multivit["encoder." + k[len("blocks."):]] for k in blocks})
     for kind in ("weight", "bias"):
