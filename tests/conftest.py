@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: the official-implementation reference files."""
+"""Shared pytest fixtures: the official-implementation reference files (tests/fixtures/official,
+written by tests/official/make_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -21,15 +22,13 @@ jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("MULTIMAE_TEST_JAX_CACHE", "/tmp/multimae_jax_test_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
-OFFICIAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+OFFICIAL_DIR = Path(__file__).resolve().parent / "fixtures" / "official"
 
 
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
-    """Folder of reference checkpoints (.pth) and outputs (.npz + .json) from the
-    official PyTorch MultiMAE. Its absence is an error: parity is never silently skipped."""
-    if not OFFICIAL_DIR.is_dir():
-        pytest.fail(f"official fixtures not found at {OFFICIAL_DIR} (shared/ must sit beside the repo)")
+    """Folder of reference checkpoints (.pth) and outputs (.npz + .json) from the official
+    PyTorch MultiMAE, committed with the tests; tests/official/README.md says how to remake it."""
     return OFFICIAL_DIR
 
 
