@@ -1,5 +1,5 @@
-"""Dense prediction heads for MultiViT fine-tuning (reference §1.4.3, §1.4.4): the ConvNeXt
-semantic-segmentation head and the DPT head.
+"""Dense prediction heads for MultiViT fine-tuning (`multimae/output_adapters.py:
+ConvNeXtAdapter`, `DPTOutputAdapter`): the ConvNeXt semantic-segmentation head and the DPT head.
 
 Both heads are called as `head(encoder_tokens, input_info, all_layers=..., train=...)`, where
 `encoder_tokens` is the last encoder block's output (B, N_total + G, D), `all_layers` the list of
@@ -60,15 +60,19 @@ def _main_task_grid(tokens: jax.Array, input_info: dict, main_tasks: Sequence[st
 
 class ConvNeXtBlock(nn.Module):
     """dwconv 7x7 -> LayerNorm -> pwconv1 -> GELU -> pwconv2 -> residual, as the official block
-    with layer_scale_init_value 0 (no `gamma`). x: (B, H, W, dim) -> (B, H, W, dim)."""
+    with layer_scale_init_value 0 (no `gamma`). x: (B, H, W, dim) -> (B, H, W, dim).
+
+    The LayerNorm computes in `residual_dtype`; the stream itself is the `dtype` output of
+    `proj_dec` (under the official autocast it is fp16 too)."""
     dim: int
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    residual_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = _conv(x, self.dim, 7, "dwconv", self.dtype, padding=3, groups=self.dim)
-        y = layer_norm("norm", self.dtype)(y)
+        y = layer_norm("norm", self.residual_dtype)(y)
         y = dense(4 * self.dim, "pwconv1", self.dtype)(y)
         y = nn.gelu(y, approximate=False)
         y = dense(self.dim, "pwconv2", self.dtype)(y)
@@ -80,11 +84,13 @@ class _ConvNeXtBlocks(nn.Module):
     dim: int
     depth: int
     dtype: Dtype = jnp.float32
+    residual_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for i in range(self.depth):
-            x = ConvNeXtBlock(self.dim, dtype=self.dtype, name=str(i))(x, train)
+            x = ConvNeXtBlock(self.dim, dtype=self.dtype, residual_dtype=self.residual_dtype,
+                              name=str(i))(x, train)
         return x
 
 
@@ -108,6 +114,7 @@ class ConvNeXtAdapter(nn.Module):
     depth: int = 4
     interpolate_mode: str = "bilinear"
     dtype: Dtype = jnp.float32
+    residual_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, encoder_tokens: jax.Array, input_info: dict, *,
@@ -128,7 +135,8 @@ class ConvNeXtAdapter(nn.Module):
         b = x.shape[0]
         x = x.reshape(b, n_h, n_w, side, side, class_dim).transpose(0, 1, 3, 2, 4, 5)
         x = x.reshape(b, n_h * side, n_w * side, class_dim)
-        x = _ConvNeXtBlocks(class_dim, self.depth, self.dtype, name="blocks")(x, train)
+        x = _ConvNeXtBlocks(class_dim, self.depth, self.dtype, self.residual_dtype,
+                            name="blocks")(x, train)
         x = _conv(x, self.num_classes, 1, "final_layer", self.dtype)
         return _INTERPOLATE[self.interpolate_mode](x, (h, w))
 

@@ -1,4 +1,5 @@
-"""Initialisers that reproduce the official PyTorch initialisation (reference §1.3, §7).
+"""Initialisers that reproduce the official PyTorch initialisation
+(`multimae/multimae.py: MultiMAE.__init__`, which re-initialises every Linear and patch Conv).
 
 Flax kernels are laid out (in, out) for Dense and (kh, kw, in / groups, out) for Conv, so fans are
 computed from those layouts here.

@@ -1,8 +1,13 @@
-"""Input adapters: pixels or label maps -> tokens with positional embeddings (reference §1.2).
+"""Input adapters: pixels or label maps -> tokens with positional embeddings
+(`multimae/input_adapters.py: PatchedInputAdapter`, `SemSegInputAdapter`).
 
 Positional embeddings are fixed sin-cos grids stored in the 'buffers' collection (the official
 `requires_grad=False` Parameter), so checkpoints carry them and fine-tuning can overwrite them
 with resized ones; `learnable_pos_emb=True` makes them ordinary params.
+
+Patch projections run in `dtype`; the positional embedding is added in `residual_dtype`, which is
+also the dtype of the output tokens (under the official autocast a low-precision conv output plus
+the float32 embedding gives float32 tokens).
 """
 from typing import Any
 
@@ -52,6 +57,7 @@ class PatchedInputAdapter(nn.Module):
     learnable_pos_emb: bool = False
     image_size: Any = 224
     dtype: Any = jnp.float32
+    residual_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,7 +73,8 @@ class PatchedInputAdapter(nn.Module):
         tokens = nn.Conv(self.dim_tokens, (ph, pw), strides=(ph, pw), padding="VALID",
                          dtype=self.dtype, kernel_init=inits.patch_conv_kernel,
                          bias_init=inits.torch_default_bias(c * ph * pw), name="proj")(x)
-        tokens = tokens + resize_bicubic(pos, (h // ph, w // pw)).astype(tokens.dtype)
+        pos = resize_bicubic(pos, (h // ph, w // pw))
+        tokens = tokens.astype(self.residual_dtype) + pos.astype(self.residual_dtype)
         return tokens.reshape(b, -1, self.dim_tokens)
 
 
@@ -91,9 +98,10 @@ class SemSegInputAdapter(nn.Module):
     """Integer label map (B, H_s, W_s) at 1/stride_level resolution -> tokens (B, N, dim_tokens).
 
     Labels are embedded (`class_emb`, dim_class_emb channels), patched by `proj`, and a bilinearly
-    resized positional embedding is added. With `emb_padding_idx` the table has one more row and
-    that row gets no gradient (PyTorch `padding_idx`); like the official code, it is randomly
-    initialised, and zero only when loaded from a padded checkpoint.
+    resized positional embedding is added. The embedding lookup (no matmul) is in `residual_dtype`.
+    With `emb_padding_idx` the table has one more row and that row gets no gradient (PyTorch
+    `padding_idx`); like the official code, it is randomly initialised, and zero only when loaded
+    from a padded checkpoint.
     """
     num_classes: int
     stride_level: int = 4
@@ -106,6 +114,7 @@ class SemSegInputAdapter(nn.Module):
     interpolate_class_emb: bool = False
     emb_padding_idx: int | None = None
     dtype: Any = jnp.float32
+    residual_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -118,7 +127,7 @@ class SemSegInputAdapter(nn.Module):
         pos = pos_emb_variable(self, grid, self.dim_tokens, self.sincos_pos_emb,
                                self.learnable_pos_emb)
         rows = self.num_classes + (self.emb_padding_idx is not None)
-        emb = nn.Embed(rows, self.dim_class_emb, dtype=self.dtype,
+        emb = nn.Embed(rows, self.dim_class_emb, dtype=self.residual_dtype,
                        embedding_init=inits.trunc_normal_02, name="class_emb")(x)
         if self.emb_padding_idx is not None:
             pad = (x == self.emb_padding_idx)[..., None]
@@ -132,5 +141,6 @@ class SemSegInputAdapter(nn.Module):
                              bias_init=inits.torch_default_bias(self.dim_class_emb * ph * pw),
                              name="proj")(emb)
         nh, nw = tokens.shape[1:3]
-        tokens = tokens + resize_bilinear(pos, (nh, nw)).astype(tokens.dtype)
+        pos = resize_bilinear(pos, (nh, nw))
+        tokens = tokens.astype(self.residual_dtype) + pos.astype(self.residual_dtype)
         return tokens.reshape(x.shape[0], -1, self.dim_tokens)

@@ -1,7 +1,15 @@
-"""Transformer building blocks equal to `multimae/multimae_utils.py` (reference §1.1).
+"""Transformer building blocks equal to `multimae/multimae_utils.py` (`Mlp`, `Attention`,
+`CrossAttention`, `Block`).
 
-All modules take `dtype` (the computation dtype; parameters stay float32) and a `train` flag for
-dropout and drop-path, whose randomness comes from the 'dropout' RNG stream.
+All modules take `dtype` (the dtype of Dense inputs and outputs, and of attention; parameters stay
+float32) and a `train` flag for dropout and drop-path, whose randomness comes from the 'dropout' RNG
+stream. Modules with LayerNorms also take `residual_dtype`, the dtype LayerNorms compute and
+output in.
+
+Mixed precision follows the official `torch.cuda.amp.autocast`: matmuls run in `dtype`, LayerNorm
+and softmax in float32, and a block adds its `dtype` branch to the residual x with type
+promotion, so an x that enters in float32 stays float32 (bf16 + f32 -> f32, as fp16 + fp32 in
+PyTorch). `residual_dtype=bfloat16` gives the all-bf16 variant.
 """
 from typing import Any
 
@@ -122,7 +130,9 @@ class CrossAttention(_AttentionConfig):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x += DropPath(attn(norm1(x))); x += DropPath(mlp(norm2(x)))."""
+    """Pre-norm transformer block: x += DropPath(attn(norm1(x))); x += DropPath(mlp(norm2(x))).
+
+    The output dtype is the promotion of x's dtype and `dtype` (see the module docstring)."""
     num_heads: int
     mlp_ratio: float = 4.0
     qkv_bias: bool = False
@@ -130,14 +140,15 @@ class Block(nn.Module):
     attn_drop: float = 0.0
     drop_path: float = 0.0
     dtype: Dtype = jnp.float32
+    residual_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = Attention(self.num_heads, self.qkv_bias, self.attn_drop, self.drop, self.dtype,
-                      name="attn")(layer_norm("norm1", self.dtype)(x), train)
+                      name="attn")(layer_norm("norm1", self.residual_dtype)(x), train)
         x = x + DropPath(self.drop_path)(y, train)
         y = Mlp(int(x.shape[-1] * self.mlp_ratio), drop=self.drop, dtype=self.dtype,
-                name="mlp")(layer_norm("norm2", self.dtype)(x), train)
+                name="mlp")(layer_norm("norm2", self.residual_dtype)(x), train)
         return x + DropPath(self.drop_path)(y, train)
 
 
@@ -157,6 +168,7 @@ class BlockStack(nn.Module):
     drop_path_rate: float = 0.0
     remat: bool = False
     dtype: Dtype = jnp.float32
+    residual_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_all: bool = False):
@@ -165,6 +177,7 @@ class BlockStack(nn.Module):
         outputs = []
         for i in range(self.depth):
             x = block_cls(self.num_heads, self.mlp_ratio, self.qkv_bias, self.drop_rate,
-                          self.attn_drop_rate, rates[i], self.dtype, name=str(i))(x, train)
+                          self.attn_drop_rate, rates[i], self.dtype, self.residual_dtype,
+                          name=str(i))(x, train)
             outputs.append(x)
         return outputs if return_all else x

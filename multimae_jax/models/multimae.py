@@ -1,9 +1,11 @@
-"""MultiMAE (masked multi-modal encoder + decoders) and MultiViT (full forward), reference §1.3.
+"""MultiMAE (masked multi-modal encoder + decoders) and MultiViT (full forward), as
+`multimae/multimae.py: MultiMAE.forward` and `MultiViT.forward`.
 
 Adapters are passed as unbound Flax modules keyed by task; the model adopts them under the
 official scopes `input_adapters/<task>` and `output_adapters/<task>`. Task order is the order of
 `input_adapters` (not of the input dict, whose order `jit` does not keep).
 """
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -29,8 +31,20 @@ class AdapterGroup(nn.Module):
         return self.members[name](*args, **kwargs)
 
 
+def _precision(adapter: nn.Module, dtype: Any, residual_dtype: Any) -> dict:
+    """The precision fields the model sets on an adapter: `dtype`, and `residual_dtype` where the
+    adapter has that field (heads without LayerNorms or residual inputs, e.g. DPT, do not)."""
+    has_residual = any(f.name == "residual_dtype" for f in dataclasses.fields(adapter))
+    return {"dtype": dtype, **({"residual_dtype": residual_dtype} if has_residual else {})}
+
+
 class _Backbone(nn.Module):
-    """Fields, adapters and encoder shared by MultiMAE and MultiViT."""
+    """Fields, adapters and encoder shared by MultiMAE and MultiViT.
+
+    `dtype` is the matmul dtype; `residual_dtype` that of the adapters' output tokens, the global
+    tokens, the encoder's residual stream and every LayerNorm. The default (float32 with a
+    bfloat16 `dtype`) is the official fp16 autocast's split; bfloat16 makes everything bf16.
+    Adapters named in `fp32_output_adapters` run entirely in float32."""
     input_adapters: Mapping[str, nn.Module]
     output_adapters: Mapping[str, nn.Module] | None = None
     num_global_tokens: int = 1
@@ -45,21 +59,25 @@ class _Backbone(nn.Module):
     remat: bool = False
     fp32_output_adapters: Sequence[str] = ()
     dtype: Any = jnp.float32
+    residual_dtype: Any = jnp.float32
 
     def setup(self):
         self.inputs = AdapterGroup(
-            self.input_adapters, {t: {"dim_tokens": self.dim_tokens, "dtype": self.dtype}
-                                  for t in self.input_adapters}, name="input_adapters")
+            self.input_adapters,
+            {t: {"dim_tokens": self.dim_tokens, **_precision(a, self.dtype, self.residual_dtype)}
+             for t, a in self.input_adapters.items()}, name="input_adapters")
         if self.output_adapters:
+            fp32 = (jnp.float32, jnp.float32)
             self.outputs = AdapterGroup(
                 self.output_adapters,
-                {t: {"dtype": jnp.float32 if t in self.fp32_output_adapters else self.dtype}
-                 for t in self.output_adapters}, name="output_adapters")
+                {t: _precision(a, *(fp32 if t in self.fp32_output_adapters
+                                    else (self.dtype, self.residual_dtype)))
+                 for t, a in self.output_adapters.items()}, name="output_adapters")
         self.global_tokens = self.param("global_tokens", inits.trunc_normal_02,
                                         (1, self.num_global_tokens, self.dim_tokens))
         self.encoder = BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias,
                                   self.drop_rate, self.attn_drop_rate, self.drop_path_rate,
-                                  self.remat, self.dtype)
+                                  self.remat, self.dtype, self.residual_dtype)
 
     def tokenize(self, x: Mapping[str, jax.Array]):
         """Runs the input adapters of the tasks present in x.
@@ -79,8 +97,7 @@ class _Backbone(nn.Module):
         info, start = {}, 0
         for t in tasks:
             n = tokens[t].shape[1]
-            info[t] = {"num_tokens": n, "has_2d_posemb": True, "start_idx": start,
-                       "end_idx": start + n}
+            info[t] = {"num_tokens": n, "start_idx": start, "end_idx": start + n}
             start += n
         return tokens, {"tasks": info, "image_size": image_size, "num_task_tokens": start,
                         "num_global_tokens": self.num_global_tokens}
@@ -88,7 +105,7 @@ class _Backbone(nn.Module):
     def with_global_tokens(self, tokens: jax.Array) -> jax.Array:
         """Appends the global tokens after the patch tokens: (B, K, D) -> (B, K + G, D)."""
         g = jnp.broadcast_to(self.global_tokens, (tokens.shape[0],) + self.global_tokens.shape[1:])
-        return jnp.concatenate([tokens, g.astype(tokens.dtype)], axis=1)
+        return jnp.concatenate([tokens, g.astype(self.residual_dtype)], axis=1)
 
 
 class MultiMAE(_Backbone):

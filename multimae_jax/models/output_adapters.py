@@ -1,4 +1,5 @@
-"""Output adapters: the pre-training decoder and the classification head (reference §1.4.1-2)."""
+"""Output adapters: the pre-training decoder and the classification head
+(`multimae/output_adapters.py: SpatialOutputAdapter`, `LinearOutputAdapter`)."""
 from typing import Any, Sequence
 
 import jax
@@ -33,7 +34,11 @@ class SpatialOutputAdapter(nn.Module):
     elsewhere, plus task and positional embeddings); the context is the visible tokens plus the
     global tokens. One cross-attention (no residual around it, as in the official code) and an
     MLP, then `depth` self-attention blocks, then `out_proj` and un-patchify with feature order
-    (c, ph, pw). Output (B, H / stride, W / stride, num_channels).
+    (c, ph, pw). Output (B, H / stride, W / stride, num_channels), in `dtype`.
+
+    Precision as under the official autocast: queries and context (projected tokens plus mask
+    token and embeddings) are in `residual_dtype`, but the cross-attention has no residual, so
+    with use_xattn the stream after it is in `dtype` (the official one is fp16 there too).
     """
     num_channels: int
     stride_level: int = 1
@@ -53,6 +58,7 @@ class SpatialOutputAdapter(nn.Module):
     context_tasks: Sequence[str] | None = None
     use_xattn: bool = True
     dtype: Any = jnp.float32
+    residual_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, encoder_tokens: jax.Array, input_info: dict, ids_keep: jax.Array,
@@ -60,8 +66,10 @@ class SpatialOutputAdapter(nn.Module):
         """encoder_tokens (B, K + G, D_enc); ids_keep (B, K); ids_restore (B, N_total)."""
         ph, pw = patch_dims(self.patch_size_full, self.stride_level)
         ih, iw = pair(self.image_size)
+        # Official: a fixed sin-cos grid, or with learnable_pos_emb a trunc-normal parameter.
+        learnable = self.learnable_pos_emb
         pos = pos_emb_variable(self, (ih // (self.stride_level * ph), iw // (self.stride_level * pw)),
-                               self.dim_tokens, True, self.learnable_pos_emb)
+                               self.dim_tokens, not learnable, learnable)
         task_emb = (TaskEmbeddings(tuple(self.context_tasks), self.dim_tokens, name="task_embeddings")()
                     if self.context_tasks is not None else {})
         mask_token = self.param("mask_token", nn.initializers.zeros, (1, 1, self.dim_tokens))
@@ -73,18 +81,20 @@ class SpatialOutputAdapter(nn.Module):
         num_global = input_info["num_global_tokens"]
         num_visible = encoder_tokens.shape[1] - num_global
 
+        rd = self.residual_dtype
         ctx = dense(self.dim_tokens, "proj_context", self.dtype)(encoder_tokens)
         # Full sequence in original task order: visible tokens, then mask tokens, unshuffled.
-        fill = jnp.broadcast_to(mask_token.astype(ctx.dtype),
+        fill = jnp.broadcast_to(mask_token.astype(rd),
                                 (b, input_info["num_task_tokens"] - num_visible, self.dim_tokens))
-        seq = _gather_tokens(jnp.concatenate([ctx[:, :num_visible], fill], axis=1), ids_restore)
+        seq = _gather_tokens(jnp.concatenate([ctx[:, :num_visible].astype(rd), fill], axis=1),
+                             ids_restore)
         embeddings = []
         for t, info in input_info["tasks"].items():
             if info["num_tokens"] != nh * nw:
                 raise ValueError(f"{self.name}: task {t} has {info['num_tokens']} tokens, the "
                                  f"decoder grid is {nh}x{nw}")
             embeddings.append(pos + task_emb.get(t, jnp.zeros((1, 1, self.dim_tokens))))
-        seq = seq + jnp.concatenate(embeddings, axis=1).astype(seq.dtype)
+        seq = seq + jnp.concatenate(embeddings, axis=1).astype(rd)
 
         if self.use_task_queries and self.task in input_info["tasks"]:
             info = input_info["tasks"][self.task]
@@ -93,21 +103,22 @@ class SpatialOutputAdapter(nn.Module):
             queries = mask_token + pos
             if self.task in task_emb:
                 queries = queries + task_emb[self.task]
-            queries = jnp.broadcast_to(queries, (b, nh * nw, self.dim_tokens)).astype(seq.dtype)
-        context = jnp.concatenate([_gather_tokens(seq, ids_keep), ctx[:, num_visible:]], axis=1)
+            queries = jnp.broadcast_to(queries, (b, nh * nw, self.dim_tokens)).astype(rd)
+        context = jnp.concatenate([_gather_tokens(seq, ids_keep), ctx[:, num_visible:].astype(rd)],
+                                  axis=1)
 
         x = queries
         if self.use_xattn:
             x = CrossAttention(self.num_heads, self.qkv_bias, self.attn_drop_rate, self.drop_rate,
                                self.dtype, name="decoder")(
-                layer_norm("query_norm", self.dtype)(queries),
-                layer_norm("context_norm", self.dtype)(context), train)
+                layer_norm("query_norm", rd)(queries), layer_norm("context_norm", rd)(context),
+                train)
             x = x + Mlp(int(self.dim_tokens * self.mlp_ratio), dtype=self.dtype, name="mlp")(
-                layer_norm("out_norm", self.dtype)(x), train)
+                layer_norm("out_norm", rd)(x), train)
         if self.depth > 0:
             x = BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias, self.drop_rate,
                            self.attn_drop_rate, self.drop_path_rate, dtype=self.dtype,
-                           name="decoder_transformer")(x, train)
+                           residual_dtype=rd, name="decoder_transformer")(x, train)
         x = dense(self.num_channels * ph * pw, "out_proj", self.dtype)(x)
         x = x.reshape(b, nh, nw, self.num_channels, ph, pw).transpose(0, 1, 4, 2, 5, 3)
         return x.reshape(b, nh * ph, nw * pw, self.num_channels)
@@ -126,12 +137,13 @@ class LinearOutputAdapter(nn.Module):
     init_scale: float = 1.0
     apply_init_scale: bool = False
     dtype: Any = jnp.float32
+    residual_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, encoder_tokens: jax.Array, input_info: dict | None = None, *,
                  all_layers=None, train: bool = False) -> jax.Array:
         x = encoder_tokens.mean(axis=1) if self.use_mean_pooling else encoder_tokens[:, -1]
-        x = layer_norm("norm", self.dtype)(x)
+        x = layer_norm("norm", self.residual_dtype)(x)
         if self.num_classes == 0:
             return x
         init = inits.xavier_uniform

@@ -1,4 +1,5 @@
-"""Fixed 2-D sin-cos positional embeddings with the official channel layout (reference §1.1)."""
+"""Fixed 2-D sin-cos positional embeddings with the official channel layout
+(`multimae/multimae_utils.py: build_2d_sincos_posemb`)."""
 import numpy as np
 
 
