@@ -1,4 +1,5 @@
-"""Token masking as pure functions of a PRNG key (reference §2). Mask values: 1 = masked, 0 = visible.
+"""Token masking as pure functions of a PRNG key (official `multimae/multimae.py:
+MultiMAE.generate_random_masks`). Mask values: 1 = masked, 0 = visible.
 
 Shapes stay static under `jit`: the encoder always receives exactly `num_encoded_tokens` tokens per
 sample; only their split between modalities varies, through index gathers.
@@ -39,6 +40,13 @@ def sample_task_proportions(key: jax.Array, batch: int, num_tasks: int, alphas=1
     return jax.random.dirichlet(key, alpha)
 
 
+def tokens_per_task(shares: jax.Array, num_encoded_tokens: int) -> jax.Array:
+    """Visible tokens per task before the tie-break fill: shares (B, T) x K rounded half to even,
+    as `torch.round` in the official `multimae/multimae.py: MultiMAE.generate_random_masks`
+    (float32 products, so 0.5 -> 0, 1.5 -> 2, 2.5 -> 2). (B, T) int32; rows may sum to K +- 1."""
+    return jnp.round(shares.astype(jnp.float32) * num_encoded_tokens).astype(jnp.int32)
+
+
 def random_masks(key: jax.Array, num_tokens: Sequence[int], batch: int, num_encoded_tokens: int,
                  alphas=1.0, sample_tasks_uniformly: bool = False):
     """The official `generate_random_masks`.
@@ -55,7 +63,7 @@ def random_masks(key: jax.Array, num_tokens: Sequence[int], batch: int, num_enco
     share_key, tie_key, *task_keys = jax.random.split(key, 2 + len(num_tokens))
     shares = sample_task_proportions(share_key, batch, len(num_tokens), alphas,
                                      sample_tasks_uniformly)
-    per_task = jnp.round(shares * num_encoded_tokens).astype(jnp.int32)  # half-to-even, as torch
+    per_task = tokens_per_task(shares, num_encoded_tokens)
     masks = []
     for t, (n, k) in enumerate(zip(num_tokens, task_keys)):
         perm = jnp.argsort(jax.random.uniform(k, (batch, n)), axis=1)

@@ -1,65 +1,16 @@
-"""Load official, timm or our own checkpoints; save ours (Orbax + the model spec as JSON).
+"""Load official, timm or our own checkpoints (`multimae_jax.checkpoint_format`).
 
     model, variables = multimae_jax.load_pretrained("multimae-b_98_rgb+-depth-semseg_1600e_multivit-afff3f8c.pth")
     preds, masks = model.apply(variables, inputs, rngs={"masking": key}, num_encoded_tokens=98)
 """
-import json
-import os
 from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from multimae_jax import checkpoint_format
 from multimae_jax.convert import export, finetune, infer, official, pth_reader, timm
 from multimae_jax.models import presets, spec
-from multimae_jax.train import checkpoint
-
-MODEL_FILE = "model.json"
-VARIABLES_DIR = "variables"
-
-
-def save_checkpoint(model, variables, out_dir) -> Path:
-    """Writes `out_dir/model.json` (the model spec) and `out_dir/variables` (Orbax).
-
-    Both are written under temporary names and renamed when complete, so an interrupted save
-    never leaves a half-written checkpoint behind.
-    """
-    out_dir = Path(out_dir).absolute()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / VARIABLES_DIR
-    if target.exists():
-        raise FileExistsError(f"{target} exists; choose an empty output directory")
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(target, variables)  # Orbax writes to a temporary dir and renames on commit
-    tmp = out_dir / (MODEL_FILE + ".tmp")
-    tmp.write_text(json.dumps(spec.to_spec(model), indent=1))
-    os.replace(tmp, out_dir / MODEL_FILE)
-    return out_dir
-
-
-def _load_workdir(path: Path):
-    """The latest checkpoint of a pre-training workdir (run_info.json holds the model spec)."""
-    model = spec.from_spec(json.loads((path / checkpoint.RUN_INFO).read_text())["model"])
-    found = checkpoint.restore_state_only(path)
-    if found is None:
-        raise ValueError(f"{path}: a training workdir without any checkpoint yet")
-    _, state = found
-    return model, {"params": state["params"], "buffers": state["buffers"]}
-
-
-def _load_own(path: Path):
-    if (path / checkpoint.CHECKPOINTS).is_dir() and (path / checkpoint.RUN_INFO).is_file():
-        return _load_workdir(path)
-    model_file = path / MODEL_FILE
-    if not model_file.exists():
-        raise ValueError(f"{path}: not a multimae_jax checkpoint ({MODEL_FILE} is missing) nor "
-                         f"a training workdir ({checkpoint.CHECKPOINTS}/ and {checkpoint.RUN_INFO})")
-    model = spec.from_spec(json.loads(model_file.read_text()))
-    abstract = spec.abstract_variables(model)
-    with ocp.StandardCheckpointer() as ckptr:
-        variables = ckptr.restore(path / VARIABLES_DIR, abstract)
-    return model, variables
 
 
 def official_state_dict(path) -> tuple[dict, dict]:
@@ -94,8 +45,8 @@ def _hints_from_args(args, sd) -> dict:
 
 def load_pretrained(path, **model_overrides):
     """Returns (model, variables) for an official MultiMAE/MultiViT or timm ViT checkpoint
-    (.pth, or an exported .safetensors / .npz), a multimae_jax checkpoint directory, or a
-    pre-training workdir (its latest checkpoint).
+    (.pth, or an exported .safetensors / .npz), or a multimae_jax checkpoint folder, training
+    workdir or checkpoint root (its latest step).
 
     `model_overrides` (num_heads, decoder_num_heads, patch_size, emb_padding_idx, main_tasks,
     hooks) fix what weights do not record; see `multimae_jax.convert.infer.infer_model`.
@@ -104,7 +55,7 @@ def load_pretrained(path, **model_overrides):
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     if path.is_dir():
-        return _load_own(path)
+        return checkpoint_format.load_checkpoint(path)
     sd, hints = official_state_dict(path)
     try:
         model = infer.infer_model(sd, **(hints | model_overrides))
@@ -120,8 +71,7 @@ def finetune_init(variables: dict, path):
     `multimae_jax.convert.finetune`. Returns (variables, report)."""
     path = Path(path)
     if path.is_dir():
-        _, own = _load_own(path)
-        sd = official.flax_to_official(own)
+        sd = official.flax_to_official(checkpoint_format.load_checkpoint(path)[1])
     else:
         sd, _ = official_state_dict(path)
-    return finetune.finetune_init(variables, sd, str(path))
+    return finetune.load_for_finetuning(variables, sd, str(path))

@@ -1,11 +1,12 @@
 """Weights in and out: official / timm .pth -> Flax -> official layout, and our checkpoints."""
 import json
 
+import chex
 import jax
 import numpy as np
 import pytest
 
-from multimae_jax import load_pretrained
+from multimae_jax import load_pretrained, save_checkpoint
 from multimae_jax.convert import export, official
 from multimae_jax.convert.__main__ import main as convert_main
 from multimae_jax.models.presets import pretrain_multimae
@@ -41,6 +42,21 @@ def test_convert_cli_then_load_reproduces_official(official_dir, official_npz, t
     assert_preds_match(model, variables, official_npz("pretrain_tiny"))
 
 
+def test_relative_paths_reach_orbax_as_absolute(official_dir, official_npz, official_state_dict,
+                                                tmp_path, monkeypatch):
+    """The README's commands with relative paths (Orbax itself accepts only absolute ones)."""
+    monkeypatch.chdir(tmp_path)
+    assert convert_main([str(official_dir / "pretrain_tiny.pth"), "ckpt", "--num_heads", "4",
+                         "--decoder_num_heads", "4"]) == 0
+    assert convert_main(["ckpt", "back.safetensors"]) == 0
+    chex.assert_trees_all_equal(export.load_exported("back.safetensors"),
+                                official_state_dict("pretrain_tiny"))
+    model, variables = load_pretrained("ckpt")
+    assert_preds_match(model, variables, official_npz("pretrain_tiny"))
+    save_checkpoint(model, variables, "again")
+    chex.assert_trees_all_equal(load_pretrained("again")[1], variables)
+
+
 def test_export_roundtrip_is_the_official_state_dict(official_dir, official_state_dict, tmp_path):
     for name in ("pretrain_tiny", "multivit_heads_tiny"):
         model, variables = load_pretrained(official_dir / f"{name}.pth", **TINY_HEADS)
@@ -54,7 +70,7 @@ def test_export_roundtrip_is_the_official_state_dict(official_dir, official_stat
         # and the exported file loads back as a model
         model2, variables2 = load_pretrained(path, **TINY_HEADS)
         assert to_spec(model2) == to_spec(model)
-        jax.tree.map(np.testing.assert_array_equal, variables2, variables)
+        chex.assert_trees_all_equal(variables2, variables)
 
 
 def test_spec_roundtrip_builds_the_same_model():
@@ -67,7 +83,7 @@ def test_spec_roundtrip_builds_the_same_model():
 
 def test_mismatch_lists_missing_unexpected_and_wrong_shapes(official_state_dict):
     model = pretrain_multimae(dim_tokens=64, depth=4, num_heads=4, image_size=64, decoder_dim=32,
-                              decoder_depth=1, decoder_num_heads=4, semseg_num_classes=10,
+                              decoder_depth=1, decoder_num_heads=4, num_classes=10,
                               dim_class_emb=16)
     sd = dict(official_state_dict("pretrain_tiny"))
     sd.pop("encoder.0.attn.qkv.weight")

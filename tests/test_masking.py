@@ -1,5 +1,7 @@
 """Random and user-given masks: exact token budget, Dirichlet statistics, jit + sharding."""
+import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -38,6 +40,36 @@ def test_exactly_k_visible_and_consistent_ids(alphas, uniform):
     assert (counts == 0).any()  # fully masked modalities happen
 
 
+# Shares whose products with K are exact in float32, ties (x.5) among them, and the visible
+# counts per task that torch.round (half to even) gives, worked out by hand. Floor or
+# round-half-up give other counts in every case but the third.
+ROUNDING = [
+    (8, (0.0625, 0.1875, 0.75), (0, 2, 6)),    # 0.5 -> 0, 1.5 -> 2
+    (8, (0.3125, 0.4375, 0.25), (2, 4, 2)),    # 2.5 -> 2, 3.5 -> 4
+    (10, (0.34, 0.33, 0.33), (3, 3, 3)),       # 3.4, 3.3, 3.3: the rows may sum to K - 1
+    (98, (0.6, 0.3, 0.1), (59, 29, 10)),       # 58.8, 29.4, 9.8
+]
+
+
+@pytest.mark.parametrize("k,shares,want", ROUNDING)
+def test_tokens_per_task_round_half_to_even(k, shares, want):
+    got = masking.tokens_per_task(jnp.asarray([shares, shares[::-1]], jnp.float32), k)
+    np.testing.assert_array_equal(np.asarray(got), [want, want[::-1]])
+
+
+@pytest.mark.parametrize("k,shares,want", [c for c in ROUNDING if sum(c[2]) == c[0]])
+def test_random_masks_split_k_by_the_rounded_shares(monkeypatch, k, shares, want):
+    # When the rounded counts already sum to K the tie-break fill changes nothing, so every
+    # sample shows exactly the rounded counts (a floor would leave one token to a random task).
+    batch, num_tokens = 32, (16, 16, 16) if k <= 16 else tuple(NUM_TOKENS)
+    monkeypatch.setattr(masking, "sample_task_proportions",
+                        lambda key, b, t, *a: jnp.broadcast_to(jnp.asarray(shares, jnp.float32), (b, t)))
+    mask_all, ids_keep, _ = masking.random_masks(jax.random.key(0), num_tokens, batch, k)
+    chex.assert_shape([mask_all, ids_keep], [(batch, sum(num_tokens)), (batch, k)])
+    np.testing.assert_array_equal(visible_per_task(mask_all, num_tokens),
+                                  np.broadcast_to(want, (batch, 3)))
+
+
 def test_uniform_task_sampling_drops_tasks():
     mask_all, _, _ = jit_random_masks(jax.random.key(1), 2000, 98, 1.0, True)
     present = visible_per_task(mask_all) > 1  # eps-share tasks may still receive a token or so
@@ -69,7 +101,7 @@ def test_proportions_are_dirichlet_draws():
 
 def tiny_model():
     return pretrain_multimae(dim_tokens=64, depth=1, num_heads=4, image_size=64, decoder_dim=32,
-                             decoder_depth=0, decoder_num_heads=4, semseg_num_classes=10,
+                             decoder_depth=0, decoder_num_heads=4, num_classes=10,
                              dim_class_emb=16)
 
 

@@ -180,7 +180,7 @@ def test_last_step_metrics_match(trained):
 def test_two_processes_match_one(trained):
     one, two, _ = trained
     for workdir in (one, two):  # checkpoint_every=1: every step, the last 3 kept
-        saved = sorted(int(p.name) for p in (workdir / checkpoint.CHECKPOINTS).iterdir())
+        saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
         assert 1 in saved and STEPS in saved, saved
     state_one, state_two = _restore_numpy(one, STEPS), _restore_numpy(two, STEPS)
     for state in (state_one, state_two):

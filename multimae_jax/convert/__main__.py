@@ -1,16 +1,17 @@
 """python -m multimae_jax.convert SRC OUT
 
 SRC: an official MultiMAE / MultiViT or timm ViT `.pth` (or an exported .safetensors / .npz), or
-a multimae_jax checkpoint directory. OUT: a directory (a multimae_jax checkpoint: Orbax
-variables + model.json) or, ending in .safetensors / .npz, a file in the official key layout
-that the official PyTorch code loads with `model.load_state_dict(...)`.
+a multimae_jax checkpoint folder or training workdir (its latest step). OUT: a folder (a
+multimae_jax checkpoint, see `multimae_jax.checkpoint_format`) or, ending in .safetensors / .npz,
+a file in the official key layout that the official PyTorch code loads with
+`model.load_state_dict(...)`.
 """
 import argparse
 import sys
 
 import jax
 
-from multimae_jax import pretrained
+from multimae_jax import checkpoint_format, pretrained
 from multimae_jax.convert import export, official
 
 
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
         if args.out.endswith((".safetensors", ".npz")):
             export.save_state_dict(official.flax_to_official(variables), args.out)
         else:
-            pretrained.save_checkpoint(model, variables, args.out)
+            checkpoint_format.save_checkpoint(model, variables, args.out)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

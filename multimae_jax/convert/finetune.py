@@ -1,7 +1,9 @@
 """Start fine-tuning from a pre-trained checkpoint, as the official fine-tuning scripts load one
-(reference §1.7): drop the pre-training decoders, zero-pad the semseg class embedding when the new
-model has a padding row, resize the input positional embeddings bicubically (PyTorch A = -0.75) to
-the new grid, and keep the new model's own initialisation for everything the file lacks (heads).
+(`run_finetuning_semseg.py` / `_depth.py` / `_taskonomy.py: main`, with `utils/pos_embed.py:
+interpolate_pos_embed_multimae`): drop the pre-training decoders, zero-pad the semseg class
+embedding when the new model has a padding row, resize the input positional embeddings
+bicubically (PyTorch A = -0.75) to the new grid, and keep the new model's own initialisation for
+everything the file lacks (heads).
 
 The resized embeddings are the *upsampled 14x14 sin-cos*, not a fresh sin-cos at the new size,
 exactly as in the official code.
@@ -19,7 +21,7 @@ def _resize_pos_emb(value: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.asarray(resize_bicubic(nhwc, grid)).transpose(0, 3, 1, 2)
 
 
-def finetune_init(variables: dict, state_dict: dict, source: str = "checkpoint"):
+def load_for_finetuning(variables: dict, state_dict: dict, source: str = "checkpoint"):
     """Returns (variables, report): the new model's `variables` with every compatible entry of the
     official `state_dict` loaded. report = {'loaded', 'kept_init', 'ignored'} lists of keys
     (ignored: in the file but not in the model, e.g. another modality's adapter)."""

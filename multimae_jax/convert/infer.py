@@ -61,7 +61,7 @@ def _input_adapter(sd, task, patch_size, emb_padding_idx):
         proj.shape[1], stride, patch_size, image_size=(grid_h * stride * kh, grid_w * stride * kw))
 
 
-def _spatial_decoder(sd, task, dim_enc, patch_size, num_heads):
+def _spatial_decoder(sd, task, patch_size, num_heads):
     p = f"output_adapters.{task}."
     dim = sd[p + "mask_token"].shape[-1]
     m = modalities.MODALITIES.get(task)
@@ -74,7 +74,7 @@ def _spatial_decoder(sd, task, dim_enc, patch_size, num_heads):
         depth=_count(sd, p + "decoder_transformer."),
         image_size=(grid_h * stride * patch, grid_w * stride * patch),
         mlp_ratio=sd[p + "mlp.fc1.weight"].shape[0] / dim if p + "mlp.fc1.weight" in sd else 4.0,
-        num_heads=num_heads or _assumed_heads(dim, 32, "decoder_num_heads"), task=m.target if m else task,
+        num_heads=num_heads or _assumed_heads(dim, 32, "decoder_num_heads"), task=m.source if m else task,
         context_tasks=tuple(context) or None, use_xattn=p + "decoder.q.weight" in sd)
 
 
@@ -128,7 +128,7 @@ def infer_model(state_dict: dict, *, num_heads: int | None = None,
     for task in _tasks(state_dict, "output_adapters"):
         head = _head(state_dict, task, dim, depth, inputs, patch_size, main_tasks, hooks)
         if head is None:
-            decoders[task] = _spatial_decoder(state_dict, task, dim, patch_size, decoder_num_heads)
+            decoders[task] = _spatial_decoder(state_dict, task, patch_size, decoder_num_heads)
         else:
             heads[task] = head
     if decoders and heads:

@@ -1,4 +1,5 @@
-"""Official MultiMAE / MultiViT state_dict <-> Flax variables (reference §1.5, §1.8).
+"""Official MultiMAE / MultiViT state_dict <-> Flax variables (the keys of `multimae/multimae.py:
+MultiMAE, MultiViT` and of the adapters in `multimae/input_adapters.py`, `output_adapters.py`).
 
 Flax module names mirror the official ones, so a key maps by rule rather than by table:
 `a.b.c.weight` -> ('a', 'b', 'c', kernel | scale | embedding), `...bias` -> 'bias', and any other

@@ -1,5 +1,5 @@
-"""timm ViT state_dict -> official MultiMAE keys, as the official `vit2multimae` converter does
-(reference §1.6)."""
+"""timm ViT state_dict -> official MultiMAE keys, as the official converter does
+(`tools/vit2multimae_converter.py: vit_to_multimae`)."""
 import numpy as np
 
 

@@ -1,4 +1,6 @@
-"""PyTorch-equivalent `F.interpolate` for NHWC arrays (reference §1.7, §7).
+"""PyTorch-equivalent `F.interpolate` for NHWC arrays, as the official code resizes positional
+embeddings (`multimae/input_adapters.py: PatchedInputAdapter.forward`, `utils/pos_embed.py:
+interpolate_pos_embed_multimae`) and feature maps (`multimae/output_adapter_utils.py: Interpolate`).
 
 `jax.image.resize` uses the Keys kernel (A = -0.5), renormalises weights at the borders and has no
 align_corners mode, so it does not match PyTorch. Each resize here is separable: a (out, in) weight
@@ -72,13 +74,6 @@ def resize_bilinear(x: jax.Array, size: tuple[int, int], align_corners: bool = F
         return x
     return _separable(x, bilinear_matrix(h, size[0], align_corners),
                       bilinear_matrix(w, size[1], align_corners))
-
-
-def upsample_nearest(x: jax.Array, factor: int, axes: tuple[int, int] = (1, 2)) -> jax.Array:
-    """Integer-factor nearest upsampling (pure repetition), e.g. patch masks to pixels."""
-    for axis in axes:
-        x = jnp.repeat(x, factor, axis=axis)
-    return x
 
 
 def resize_nearest(x: jax.Array, size: tuple[int, int]) -> jax.Array:
