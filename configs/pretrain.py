@@ -3,12 +3,16 @@
     python -m multimae_jax.main --config=configs/pretrain.py --workdir=DIR        # the paper's recipe
     python -m multimae_jax.main --config=configs/pretrain.py:tiny --workdir=DIR   # 2-core CPU sized
 
-Override any field with --config.a.b=value. The default is the paper's ViT-B recipe (reference
-§4): rgb, depth, semseg in and out plus norm_rgb, 98 visible tokens, alpha 1, decoder 256 x 2,
+Override any field with --config.a.b=value. The default is the paper's ViT-B recipe (official
+`cfgs/pretrain/multimae-b_98_rgb+-depth-semseg_1600e.yaml` run by `run_pretraining_multimae.py`):
+rgb, depth, semseg in and out plus norm_rgb, 98 visible tokens, alpha 1, decoder 256 x 2,
 AdamW (0.9, 0.95) with weight decay 0.05 on every parameter, lr 1e-4 x batch / 256 with 40
 warm-up epochs from 0 and cosine decay, 1600 epochs, global batch 2048, horizontal flips.
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+from multimae_jax import modalities
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -18,16 +22,23 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.size = "base"  # ViT-B/16
     c.model.input_tasks = ("rgb", "depth", "semseg")
-    c.model.output_tasks = ("rgb", "depth", "semseg", "norm_rgb")
+    c.model.output_tasks = ("rgb", "depth", "semseg", "norm_rgb")  # an output that is no input
+    # is read from disk, predicted from the others, and its loss covers the whole image
     c.model.image_size = 224
     c.model.patch_size = 16
     c.model.decoder_dim = 256
     c.model.decoder_depth = 2
     c.model.decoder_num_heads = 8
-    c.model.semseg_num_classes = 133
     c.model.num_global_tokens = 1
     c.model.drop_path_rate = 0.0
     c.model.overrides = ml_collections.ConfigDict()  # encoder fields, e.g. dim_tokens, depth
+
+    # Every modality's fields (multimae_jax/modalities.py: Modality), overridable per run, e.g.
+    # --config.modalities.semseg.num_classes=150 --config.modalities.semseg.stride_level=1, or
+    # --config.modalities.depth.standardize=False; a config file may add a new modality here
+    # with all its fields (name it in model.input_tasks / output_tasks).
+    c.modalities = ml_collections.ConfigDict(
+        {name: m.to_dict() for name, m in modalities.MODALITIES.items()})
 
     c.masking = ml_collections.ConfigDict()
     c.masking.num_encoded_tokens = 98
@@ -39,28 +50,40 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.global_batch_size = 2048  # or tfds:NAME[:SPLIT]
     c.data.num_workers = 8  # host processes decoding + augmenting (per training process)
     c.data.hflip = 0.5
-    c.data.standardize_depth = True
     c.data.skip_corrupt = False  # True: drop undecodable samples (logged) instead of stopping
     c.data.allow_incomplete = False  # True: train on the samples that have every modality
     c.data.synthetic_samples = 100_000
+    c.data.tfds_fields = ml_collections.ConfigDict({"rgb": "image"})  # tfds: modality -> feature
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.blr = 1e-4  # lr = blr * global_batch_size / 256
     c.optimizer.min_lr = 0.0
     c.optimizer.warmup_epochs = 40.0
+    c.optimizer.warmup_steps = -1  # > 0 overrides warmup_epochs (which must then be > 0)
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.05
+    c.optimizer.weight_decay_end = placeholder(float)  # None: constant; else cosine to it
     c.optimizer.decay_all_params = True  # official; False exempts biases, norms, tokens
+    c.optimizer.clip_grad = placeholder(float)  # None: off; else torch clip_grad_norm_ max norm
+    c.optimizer.skip_grad = placeholder(float)  # None: off; else skip updates with grad norm
+    #                                             >= it (ignored with clip_grad, as official)
+    c.optimizer.balancer_lr_scale = 1.0  # lr multiplier of the task balancer's parameters
+    c.optimizer.lr_mults = ()  # ((regex, multiplier), ...) over state paths 'params/encoder/...'
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 1600
     c.train.num_steps = -1  # > 0 overrides epochs
     c.train.compute_dtype = "bfloat16"  # parameters, optimizer state and losses stay float32
+    # Residual stream, LayerNorms, adapter outputs and global tokens: float32 as under the
+    # official fp16 autocast; "bfloat16" runs them in bf16 too.
+    c.train.residual_dtype = "float32"
     c.train.fp32_output_adapters = ("semseg",)  # as the official code
+    c.train.loss_on_unmasked = False  # True: every loss over the whole image, not masked patches
     c.train.remat = False  # recompute each encoder block in the backward pass
     c.train.grad_accum_steps = 1
+    c.train.task_balancer = "none"  # or "uncertainty": learned loss weights, one per output task
     c.train.fsdp_min_size = 2 ** 18  # parameters at least this large are split over 'fsdp'
     c.train.max_nonfinite_steps = 20
     c.train.log_every = 50
@@ -76,7 +99,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.model.decoder_dim = 64
         c.model.decoder_depth = 1
         c.model.decoder_num_heads = 2
-        c.model.semseg_num_classes = 8
+        c.modalities.semseg.num_classes = 8
         c.model.overrides = ml_collections.ConfigDict(dict(dim_tokens=96, depth=4, num_heads=3))
         c.masking.num_encoded_tokens = 12
         c.data.global_batch_size = 32

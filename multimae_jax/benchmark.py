@@ -27,10 +27,9 @@ import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from multimae_jax import modalities
 from multimae_jax.train import distributed, sharding
 from multimae_jax.train.optimizer import scaled_lr
-from multimae_jax.train.step import PretrainStep
+from multimae_jax.train.step import PretrainStep, config_modalities
 from multimae_jax.train.validate import ConfigError, validate
 
 #: (substring of the lower-cased device_kind, peak dense bf16 FLOP/s, peak dense float32 FLOP/s)
@@ -71,17 +70,17 @@ def synthetic_batch(config, batch_sharding, seed: int = 0) -> dict:
 
     def make(key):
         out = {}
-        for i, task in enumerate(config.model.input_tasks):
-            mod, k = modalities.get(task), jax.random.fold_in(key, i)
+        for i, (task, mod) in enumerate(config_modalities(config)[2].items()):
+            k = jax.random.fold_in(key, i)
             side = s // mod.stride_level
             if mod.kind == "labels":
-                n = config.model.semseg_num_classes
+                n = mod.num_classes
                 x = jax.random.randint(k, (b, side, side), 0, n, jnp.int32)
                 out[task] = x.astype(jnp.uint8 if n <= 256 else jnp.int32)
             elif mod.storage == "uint16":
                 x = jax.random.randint(k, (b, side, side, 1), 0, 2 ** 16, jnp.int32)
-                out[task] = x.astype(jnp.uint16)
-            elif mod.storage == "rgb8":
+                out[task] = x.astype(jnp.int32 if mod.resample == "bicubic" else jnp.uint16)
+            elif mod.storage in ("rgb8", "uint8"):
                 x = jax.random.randint(k, (b, side, side, mod.channels), 0, 256, jnp.int32)
                 out[task] = x.astype(jnp.uint8)
             else:  # 'npy': float32 arrays

@@ -1,4 +1,5 @@
-"""Masked reconstruction losses (reference §3), NHWC, reduced as the official criteria.
+"""Masked reconstruction losses (`multimae/criterion.py: MaskedMSELoss`, `MaskedL1Loss`,
+`MaskedCrossEntropyLoss`), NHWC, reduced as the official criteria.
 
 The official reduction: per-pixel loss averaged over channels, then per sample the mean over the
 pixels of masked patches, then the mean over the samples that have any masked patch; 0 when
@@ -8,7 +9,7 @@ Working per patch is exact here because a patch's pixels share one mask value.
 import jax
 import jax.numpy as jnp
 
-from multimae_jax import modalities
+from multimae_jax.modalities import resolve
 
 
 def _patch_means(pixel_loss: jax.Array, s: int) -> jax.Array:
@@ -82,18 +83,25 @@ def masked_cross_entropy(logits, labels, mask=None, patch_size: int = 16, stride
     return reduce_masked(jnp.where(valid, nll, 0.0), mask, s)
 
 
-def pretraining_losses(preds: dict, inputs: dict, masks: dict, patch_size: int = 16,
-                       loss_on_unmasked: bool = False) -> dict:
-    """Loss of every decoder output, as the official pre-training loop computes them.
+def pretraining_losses(preds: dict, targets: dict, masks: dict, modalities,
+                       patch_size: int = 16, loss_on_unmasked: bool = False) -> dict:
+    """Loss of every decoder output, as `run_pretraining_multimae.py: train_one_epoch` does.
 
-    Each output's target and mask are those of its modality's `target` input (norm_rgb uses the
-    rgb image and the rgb mask). Returns {task: scalar}; their plain sum is the training loss.
+    preds: {task: decoder output}; targets: {modality: prepared data} (inputs and output-only
+    modalities); masks: {input task: (B, N)}; modalities: Modality objects or default names
+    covering every predicted task. Each output's target and mask are those of its modality's
+    `source` (norm_rgb: the rgb data and mask). An output with no mask (not an encoder input,
+    or with `loss_on_unmasked`) is averaged over the whole image. Returns {task: scalar}; their
+    plain sum is the official training loss.
     """
+    mods = resolve(modalities)
     out = {}
     for task, pred in preds.items():
-        m = modalities.get(task)
-        mask = None if loss_on_unmasked else masks.get(m.target)
-        target = inputs[m.target]
+        if task not in mods:
+            raise ValueError(f"no modality given for the prediction '{task}'; have {sorted(mods)}")
+        m = mods[task]
+        mask = None if loss_on_unmasked else masks.get(m.source)
+        target = targets[m.source]
         if m.loss == "cross_entropy":
             out[task] = masked_cross_entropy(pred, target, mask, patch_size, m.stride_level)
         else:

@@ -12,12 +12,12 @@ def test_synthetic_batch_has_the_pipeline_layout():
     c = small_config()
     mesh = sharding.make_mesh(c.mesh.to_dict())
     batch = benchmark.synthetic_batch(c, sharding.batch_sharding(mesh))
-    expected = {"rgb": ((8, 32, 32, 3), np.uint8), "depth": ((8, 32, 32, 1), np.uint16),
+    expected = {"rgb": ((8, 32, 32, 3), np.uint8), "depth": ((8, 32, 32, 1), np.int32),
                 "semseg": ((8, 8, 8), np.uint8)}
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
     for x in batch.values():
         assert x.sharding == sharding.batch_sharding(mesh)
-    assert int(batch["semseg"].max()) < c.model.semseg_num_classes
+    assert int(batch["semseg"].max()) < c.modalities.semseg.num_classes
 
 
 def test_run_reports_positive_figures():

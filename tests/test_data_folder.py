@@ -46,7 +46,7 @@ def test_extra_and_duplicate_files_are_reported(tmp_path):
 
 def test_missing_modality_folder(tmp_path):
     write_dataset(tmp_path, num_samples=3)
-    with pytest.raises(ValueError, match="unknown modality .normal."):
+    with pytest.raises(FileNotFoundError, match="normal: missing; the layout is ROOT/<modality>"):
         FolderSource(tmp_path, ("rgb", "normal"))
 
 

@@ -40,7 +40,7 @@ def dataset(path, **kw):
 def test_batches_have_the_model_input_layout(folder):
     (b,) = batches(dataset(folder), 1)
     assert b["rgb"].shape == (4, 16, 16, 3) and b["rgb"].dtype == np.uint8
-    assert b["depth"].shape == (4, 16, 16, 1) and b["depth"].dtype == np.uint16
+    assert b["depth"].shape == (4, 16, 16, 1) and b["depth"].dtype == np.int32  # PIL mode I
     assert b["semseg"].shape == (4, 4, 4) and b["semseg"].dtype == np.uint8
     assert b["label"].shape == (4,)
 
@@ -125,7 +125,7 @@ def test_bad_data_config_errors(tmp_path):
 def test_tfds_source_plugs_into_the_pipeline():
     import tensorflow_datasets as tfds  # heavy: imported only here
     with tfds.testing.mock_data(num_examples=6):
-        source = make_source("tfds:mnist:train", ("rgb",))
+        source = make_source("tfds:mnist:train", ("rgb",), tfds_fields={"rgb": "image"})
         assert len(source) == 6
         (b,) = batches(make_dataset(source, ("rgb",), image_size=16, local_batch_size=3), 1)
     assert b["rgb"].shape == (3, 16, 16, 3) and b["rgb"].dtype == np.uint8

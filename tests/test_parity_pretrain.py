@@ -18,7 +18,7 @@ def tiny_model(cfg, with_decoders=True):
         output_tasks=("rgb", "depth", "semseg", "norm_rgb") if with_decoders else (),
         image_size=cfg["image_size"], patch_size=cfg["patch_size"],
         decoder_dim=cfg["decoder_dim"], decoder_depth=cfg["decoder_depth"],
-        decoder_num_heads=cfg["decoder_heads"], semseg_num_classes=cfg["semseg_classes"],
+        decoder_num_heads=cfg["decoder_heads"], num_classes=cfg["semseg_classes"],
         dim_class_emb=cfg["dim_class_emb"], num_global_tokens=cfg["num_global_tokens"],
         dim_tokens=cfg["dim_tokens"], depth=cfg["depth"], num_heads=cfg["num_heads"])
     return model
@@ -60,7 +60,20 @@ def test_decoders_and_losses(case):
         want = data[f"pred/{task}"].transpose(0, 2, 3, 1)
         assert pred.shape == want.shape, task
         np.testing.assert_allclose(np.asarray(pred), want, atol=ATOL, rtol=0, err_msg=task)
-    got = losses.pretraining_losses(preds, inputs, out_masks, patch_size=cfg["patch_size"])
+    got = losses.pretraining_losses(preds, inputs, out_masks, tuple(preds),
+                                    patch_size=cfg["patch_size"])
     assert set(got) == set(case_meta["losses"])
     for task, value in case_meta["losses"].items():
         np.testing.assert_allclose(float(got[task]), value, atol=ATOL, rtol=0, err_msg=task)
+
+
+def test_loss_on_unmasked(case):
+    """loss_on_unmasked: every loss averages over the whole image, masks ignored. The official
+    predictions go in, so only the loss is under test."""
+    data, cfg, inputs, masks, _, meta = case
+    preds = {t: data[f"pred/{t}"].transpose(0, 2, 3, 1) for t in meta["output_tasks"]}
+    got = losses.pretraining_losses(preds, inputs, masks, tuple(preds),
+                                    patch_size=cfg["patch_size"], loss_on_unmasked=True)
+    for task in preds:
+        np.testing.assert_allclose(float(got[task]), data[f"loss_unmasked/{task}"], atol=1e-5,
+                                   rtol=0, err_msg=task)

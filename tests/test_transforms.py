@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multimae_jax.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, PretrainAugment,
-                                          _nearest_index, normalize_rgb, prepare_batch,
-                                          standardize_depth)
+from multimae_jax import modalities
+from multimae_jax.data.transforms import (PretrainAugment, _nearest_index, normalize,
+                                          prepare_batch, standardize_depth)
+from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD
+from test_pil_resample import _pass_order_matters_in_pillow13
 
 TASKS = ("rgb", "depth", "semseg")
 AUG = PretrainAugment(TASKS)
@@ -22,21 +24,26 @@ def _random_sample(rng, height=H, width=W):
 
 
 def _official(sample, i, j, h, w, flip, size=224):
-    """The official pipeline with PIL images: crop, resize, flip; semseg (mode P) resized again."""
+    """The official pipeline with PIL images: crop, resize with PIL's default filter (BICUBIC;
+    NEAREST for mode P), flip; semseg resized again."""
     def crop_resize_flip(img, resample):
         img = img.crop((j, i, j + w, i + h)).resize((size, size), resample)
         return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
     rgb = crop_resize_flip(Image.fromarray(sample["rgb"]), Image.BICUBIC)
-    depth = crop_resize_flip(Image.fromarray(sample["depth"]), Image.NEAREST)
+    # Pillow <= 10.2, which the official code ran with, opens a 16-bit PNG as a 32-bit 'I' image
+    depth = crop_resize_flip(Image.fromarray(sample["depth"].astype(np.int32), "I"), Image.BICUBIC)
     semseg = crop_resize_flip(Image.fromarray(sample["semseg"]).convert("P"), Image.NEAREST)
-    assert depth.mode == "I;16" and semseg.mode == "P"
+    assert depth.mode == "I" and semseg.mode == "P"
     return {"rgb": np.asarray(rgb), "depth": np.asarray(depth)[..., None],
             "semseg": np.asarray(semseg.resize((size // 4, size // 4), Image.NEAREST))}
 
 
 def test_equals_official_pil_pipeline():
+    """Against the installed PIL, on the draws where every Pillow computes the official pixels
+    (Pillow 13 changed the bicubic pass order for some crop shapes; pil_resample's own tests
+    cover those against the official-era Pillow's output)."""
     data_rng = np.random.default_rng(0)
-    flips = 0
+    flips, compared = 0, 0
     for seed in range(40):
         sample = _random_sample(data_rng)
         *box, flip = AUG.draw(H, W, np.random.default_rng(seed))
@@ -44,11 +51,13 @@ def test_equals_official_pil_pipeline():
         out = AUG(sample, np.random.default_rng(seed))
         ref = _official(sample, *box, flip)
         assert {k: (v.dtype, v.shape) for k, v in out.items()} == {
-            "rgb": (np.uint8, (224, 224, 3)), "depth": (np.uint16, (224, 224, 1)),
+            "rgb": (np.uint8, (224, 224, 3)), "depth": (np.int32, (224, 224, 1)),
             "semseg": (np.uint8, (56, 56))}
-        for k in TASKS:
+        bicubic_agrees = not _pass_order_matters_in_pillow13(tuple(box[2:]), (224, 224))
+        compared += bicubic_agrees
+        for k in TASKS if bicubic_agrees else ("semseg",):
             np.testing.assert_array_equal(out[k], ref[k], err_msg=f"{k} seed {seed}")
-    assert 5 < flips < 35
+    assert 5 < flips < 35 and compared > 20
 
 
 def test_modalities_stay_aligned():
@@ -61,14 +70,16 @@ def test_modalities_stay_aligned():
     sample = {"rgb": palette[semseg], "depth": semseg.astype(np.uint16) * 1000, "semseg": semseg}
     for seed in range(30):
         out = AUG(sample, np.random.default_rng(seed))
-        labels224 = out["depth"][..., 0].astype(np.int64) // 1000
-        np.testing.assert_array_equal(labels224 * 1000, out["depth"][..., 0])
+        i, j, h, w, flip = AUG.draw(H, W, np.random.default_rng(seed))
+        labels = Image.fromarray(semseg).crop((j, i, j + w, i + h)).resize((224, 224),
+                                                                            Image.NEAREST)
+        labels224 = np.asarray(labels, np.int64)[:, ::-1 if flip else 1]
         # The 1/4 labels are PIL NEAREST of the 224 map; on this map that is every 4th pixel.
         ref56 = np.asarray(Image.fromarray(labels224.astype(np.uint8)).resize((56, 56),
                                                                               Image.NEAREST))
         np.testing.assert_array_equal(out["semseg"], ref56)
         np.testing.assert_array_equal(out["semseg"], labels224[2::4, 2::4])
-        # Bicubic rgb is exact wherever the 7x7 neighbourhood has a single label.
+        # Bicubic rgb and depth are exact wherever the 7x7 neighbourhood has a single label.
         pad = np.pad(labels224, 3, mode="edge")
         interior = np.ones_like(labels224, bool)
         for di in range(7):
@@ -76,6 +87,7 @@ def test_modalities_stay_aligned():
                 interior &= pad[di:di + 224, dj:dj + 224] == labels224
         assert interior.mean() > 0.5
         np.testing.assert_array_equal(out["rgb"][interior], palette[labels224][interior])
+        np.testing.assert_array_equal(out["depth"][..., 0][interior], 1000 * labels224[interior])
 
 
 def test_crop_statistics_and_flip_rate():
@@ -149,14 +161,15 @@ def test_device_transforms_match_numpy_and_jit():
              "semseg": rng.integers(0, 133, (3, 4, 4)).astype(np.uint8)}
     depth = batch["depth"].astype(np.float32) / 2 ** 16  # the official float(depth) / 2**16
     rgb_ref = (batch["rgb"] / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    np.testing.assert_allclose(normalize_rgb(batch["rgb"]), rgb_ref, atol=1e-5)
+    np.testing.assert_allclose(normalize(batch["rgb"], modalities.get("rgb")), rgb_ref, atol=1e-5)
     np.testing.assert_allclose(standardize_depth(jnp.asarray(depth)),
                                _standardize_reference(depth), atol=1e-4)
-    out = jax.jit(prepare_batch)(batch)
+    out = jax.jit(prepare_batch, static_argnums=1)(batch, TASKS)
     assert out["rgb"].dtype == out["depth"].dtype == jnp.float32
     np.testing.assert_allclose(out["rgb"], rgb_ref, atol=1e-5)
     np.testing.assert_allclose(out["depth"], _standardize_reference(depth), atol=1e-4)
     assert out["semseg"].dtype == jnp.int32
     np.testing.assert_array_equal(out["semseg"], batch["semseg"])
-    raw = jax.jit(prepare_batch, static_argnums=1)(batch, False)
+    unstandardized = (modalities.get("depth").replace(standardize=False),)
+    raw = jax.jit(prepare_batch, static_argnums=1)(batch, unstandardized)
     np.testing.assert_array_equal(raw["depth"], depth)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multimae_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD
 from multimae_jax.train import visualize as vis
 
 S, B, C = 32, 3, 5  # image size, batch, semseg classes; patch 16 -> 2 x 2 = 4 patches

@@ -22,27 +22,34 @@ from multimae_jax.data.pipeline import make_dataset, make_source
 from multimae_jax.data.synthetic import SyntheticScenes
 from multimae_jax.data.transforms import PretrainAugment
 
-TASKS = ("rgb", "depth", "semseg")
-MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+TASKS = SyntheticScenes.MODALITIES
 
 
 def official_style(record: dict, augment: PretrainAugment, rng: np.random.Generator) -> dict:
-    """The official path per sample: PIL decode, PIL crop + resize of every modality, flip,
-    to_tensor + normalise on the host, semseg resized again to 1/4."""
-    images = {"rgb": Image.open(record["paths"]["rgb"]).convert("RGB"),
-              "depth": Image.open(record["paths"]["depth"]),
-              "semseg": Image.open(record["paths"]["semseg"]).convert("P")}
-    i, j, h, w, flip = augment.draw(images["rgb"].height, images["rgb"].width, rng)
+    """The official path per sample (`utils/datasets.py: DataAugmentationForMultiMAE`): PIL
+    decode (labels as mode 'P'), crop and PIL's default-filter resize of every modality, flip,
+    float conversion and normalisation on the host, labels resized again to 1/stride."""
+    images = {}
+    for mod in augment.modalities:
+        img = Image.open(record["paths"][mod.name])
+        images[mod.name] = img.convert("RGB" if mod.storage == "rgb8" else "P") \
+            if mod.storage in ("rgb8", "labels") else img
+    first = images[augment.tasks[0]]
+    i, j, h, w, flip = augment.draw(first.height, first.width, rng)
     s = augment.image_size
     out = {}
-    for task, img in images.items():
-        img = img.crop((j, i, j + w, i + h)).resize((s, s), Image.BICUBIC if task == "rgb" else Image.NEAREST)
+    for mod in augment.modalities:
+        img = images[mod.name].crop((j, i, j + w, i + h)).resize((s, s))
         if flip:
             img = img.transpose(Image.FLIP_LEFT_RIGHT)
-        out[task] = img
-    out["rgb"] = (np.asarray(out["rgb"], np.float32) / 255 - MEAN) / STD
-    out["depth"] = np.asarray(out["depth"], np.float32) / 2 ** 16
-    out["semseg"] = np.asarray(out["semseg"].resize((s // 4, s // 4), Image.NEAREST), np.int64)
+        if mod.kind == "labels":
+            side = s // mod.stride_level
+            out[mod.name] = np.asarray(img.resize((side, side)), np.int64)
+            continue
+        x = np.asarray(img, np.float32) / mod.scale
+        if mod.mean is not None:
+            x = (x - np.asarray(mod.mean, np.float32)) / np.asarray(mod.std, np.float32)
+        out[mod.name] = x
     return out
 
 

@@ -3,7 +3,8 @@
 Validates a dataset in the official layout ROOT/<modality>/<class>/<file> (or packed shards):
 counts per modality and class, samples missing a modality, duplicate files, and (unless --quick)
 every file decoded: unreadable files, wrong dtypes, sizes that differ between a sample's
-modalities, semseg labels beyond --num_classes. Exits 1 when it finds a problem.
+modalities, labels beyond their modality's classes (--num_classes overrides). Exits 1 when it
+finds a problem.
 """
 import argparse
 import collections
@@ -13,11 +14,11 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from multimae_jax import modalities
 from multimae_jax.data.codecs import CorruptFileError
 from multimae_jax.data.folder import FolderSource
 from multimae_jax.data.records import decode_record
 from multimae_jax.data.shards import ShardSource, is_shard_dir
+from multimae_jax.modalities import resolve
 
 _SOURCE = None  # the source of a worker process, built once by the parent
 
@@ -27,32 +28,34 @@ def _set_source(source) -> None:
     _SOURCE = source
 
 
-def sample_problems(record: dict, tasks, num_classes: int) -> list[str]:
-    """Problems of one decoded sample (sizes, label range)."""
-    sizes = {t: record[t].shape[:2] for t in tasks}
+def sample_problems(record: dict, modalities: dict) -> list[str]:
+    """Problems of one decoded sample (sizes, label range); modalities {name: Modality}."""
+    sizes = {t: record[t].shape[:2] for t in modalities}
     out = []
     if len(set(sizes.values())) > 1:
         out.append(f"{record['key']}: modalities differ in size {sizes}")
-    for t in tasks:
-        m = modalities.get(t)
-        if m.kind == "labels" and record[t].size and int(record[t].max()) >= num_classes:
-            out.append(f"{record['key']}: {t} label {int(record[t].max())} >= {num_classes} classes")
+    for t, m in modalities.items():
+        if m.kind == "labels" and record[t].size and int(record[t].max()) >= m.num_classes:
+            out.append(f"{record['key']}: {t} label {int(record[t].max())} >= {m.num_classes} "
+                       "classes")
     return out
 
 
 def _check_one(args):
-    index, tasks, num_classes = args
+    index, mods = args
     try:
-        record = decode_record(_SOURCE[index], tasks)
+        record = decode_record(_SOURCE[index], mods)
     except (CorruptFileError, OSError) as e:
         return [str(e)]
-    return sample_problems(record, tasks, num_classes)
+    return sample_problems(record, mods)
 
 
-def check(root, tasks, quick: bool = False, num_classes: int = 133, num_workers: int = 2,
-          out=None) -> list[str]:
-    """Prints a report (to `out`, default stdout); returns the list of problems."""
+def check(root, modalities, quick: bool = False, num_workers: int = 2, out=None) -> list[str]:
+    """Prints a report (to `out`, default stdout); returns the list of problems.
+    `modalities`: Modality objects or default names (their storage and classes are checked)."""
     out = out or sys.stdout
+    mods = resolve(modalities)
+    tasks = tuple(mods)
     problems = []
     if is_shard_dir(root):
         source = ShardSource(root, tasks)
@@ -79,7 +82,7 @@ def check(root, tasks, quick: bool = False, num_classes: int = 133, num_workers:
     if not quick:
         _set_source(source)
         n = len(source)
-        jobs = [(i, tuple(tasks), num_classes) for i in range(n)]
+        jobs = [(i, mods) for i in range(n)]
         if num_workers > 1:
             with multiprocessing.get_context("spawn").Pool(num_workers, _set_source,
                                                            (source,)) as pool:
@@ -105,11 +108,16 @@ def main(argv=None) -> int:
     parser.add_argument("root")
     parser.add_argument("--tasks", nargs="+", default=["rgb", "depth", "semseg"])
     parser.add_argument("--quick", action="store_true", help="list files only, decode nothing")
-    parser.add_argument("--num_classes", type=int, default=133)
+    parser.add_argument("--num_classes", type=int,
+                        help="classes of the label modalities (default: their registry entry)")
     parser.add_argument("--num_workers", type=int, default=2)
     args = parser.parse_args(argv)
     try:
-        problems = check(args.root, args.tasks, args.quick, args.num_classes, args.num_workers)
+        mods = resolve(args.tasks)
+        if args.num_classes:
+            mods = {t: m.replace(num_classes=args.num_classes) if m.kind == "labels" else m
+                    for t, m in mods.items()}
+        problems = check(args.root, tuple(mods.values()), args.quick, args.num_workers)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
-"""Decoding one modality's file bytes into its native array (HOST side), per the registry's
-`storage`: 'rgb8' -> uint8 (H, W, 3); 'uint16' -> uint16 (H, W); 'labels' -> uint8 (H, W) class
-ids; 'npy' -> float32 (H, W[, C])."""
+"""Decoding one modality's file bytes into its native array (HOST side), per its `storage`:
+'rgb8' -> uint8 (H, W, 3); 'uint8' -> uint8 (H, W, channels); 'uint16' -> uint16 (H, W);
+'labels' -> uint8 (H, W) class ids; 'npy' -> float32 (H, W[, C])."""
 import io
 
 import numpy as np
@@ -33,6 +33,13 @@ def decode(modality: Modality, data: bytes, where: str) -> np.ndarray:
     if modality.storage == "rgb8":
         return np.asarray(img.convert("RGB"))
     arr = np.asarray(img)
+    if modality.storage == "uint8":
+        arr = arr[..., None] if arr.ndim == 2 else arr
+        if arr.dtype != np.uint8 or arr.shape[-1] != modality.channels:
+            raise CorruptFileError(f"{where}: {modality.name} expects an 8-bit image with "
+                                   f"{modality.channels} channel(s), got {arr.dtype} shape "
+                                   f"{arr.shape} (PIL mode {img.mode})")
+        return arr
     if arr.ndim != 2:
         raise CorruptFileError(f"{where}: {modality.name} must be a single-channel image, got "
                                f"shape {arr.shape} (PIL mode {img.mode})")
@@ -60,6 +67,8 @@ def encode(modality: Modality, array: np.ndarray, ext: str | None = None,
         np.save(buf, np.asarray(array, np.float32))
     elif modality.storage == "uint16":
         Image.fromarray(np.asarray(array, np.uint16)).save(buf, format="PNG")
+    elif modality.storage == "uint8" and np.ndim(array) == 3 and np.shape(array)[-1] == 1:
+        Image.fromarray(np.asarray(array, np.uint8)[..., 0]).save(buf, format="PNG")
     elif ext in (".jpg", ".jpeg"):
         Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="JPEG", quality=jpeg_quality,
                                                           subsampling=0)

@@ -38,11 +38,16 @@ class FolderScan:
         return out
 
 
+def folder_names(modalities) -> tuple[str, ...]:
+    """Folder names of Modality objects and/or plain names."""
+    return tuple(m if isinstance(m, str) else m.name for m in modalities)
+
+
 def scan_folder(root, tasks) -> FolderScan:
-    """Lists ROOT/<task>/<class>/<file> for every task and pairs the files by relative path."""
-    root = Path(root)
+    """Lists ROOT/<task>/<class>/<file> for every task (modality names or Modality objects)
+    and pairs the files by relative path."""
+    root, tasks = Path(root), folder_names(tasks)
     for task in tasks:
-        modalities.get(task)
         if not (root / task).is_dir():
             raise FileNotFoundError(f"{root / task}: missing; the layout is ROOT/<modality>/<class>/"
                                     f"<file> with one folder per modality {list(tasks)}")
@@ -79,6 +84,7 @@ class FolderSource:
     """
 
     def __init__(self, root, tasks, allow_incomplete: bool = False):
+        tasks = folder_names(tasks)
         self.scan = scan_folder(root, tasks)
         problems = self.scan.problems()
         if problems and not allow_incomplete:

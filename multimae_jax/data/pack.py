@@ -17,6 +17,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from multimae_jax.data.folder import FolderSource
+from multimae_jax.modalities import resolve
 from multimae_jax.data.records import decode_record, pack_record
 from multimae_jax.data.shards import META, shard_name
 
@@ -50,13 +51,16 @@ def _write_shard(args) -> int:
     return n
 
 
-def pack(src, out, tasks, num_shards: int, num_workers: int = 1, decoded: bool = False) -> dict:
-    """Writes the shards and meta.json; returns the meta dict."""
+def pack(src, out, modalities, num_shards: int, num_workers: int = 1,
+         decoded: bool = False) -> dict:
+    """Writes the shards and meta.json; returns the meta dict. `modalities`: Modality objects
+    or default names (their decoding matters only with `decoded`)."""
+    tasks = tuple(resolve(modalities).values())
     source = FolderSource(src, tasks)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META
-    meta = {"tasks": list(tasks), "classes": source.classes, "num_shards": num_shards,
+    meta = {"tasks": [m.name for m in tasks], "classes": source.classes, "num_shards": num_shards,
             "num_records": len(source), "decoded": decoded, "source": str(Path(src).absolute())}
     if meta_path.exists():
         old = json.loads(meta_path.read_text())

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from multimae_jax import modalities
+from multimae_jax.modalities import resolve
 from multimae_jax.data.folder import FolderSource
 from multimae_jax.data.records import decode_record
 from multimae_jax.data.shards import ShardSource, is_shard_dir
@@ -39,21 +39,28 @@ class SyntheticSource:
                 f"{s.num_classes} classes, seed {s.seed})")
 
 
-def make_source(path: str, tasks, *, synthetic_samples: int = 10_000, synthetic_size: int = 224,
-                num_classes: int = 133, seed: int = 0, allow_incomplete: bool = False):
+def make_source(path: str, modalities, *, synthetic_samples: int = 10_000,
+                synthetic_size: int = 224, seed: int = 0, allow_incomplete: bool = False,
+                tfds_fields=None):
     """The synthetic scenes when `path` is empty, TensorFlow Datasets for 'tfds:NAME[:SPLIT]',
-    packed shards when `path` holds meta.json, else the official folder layout."""
-    for task in tasks:
-        if not modalities.get(task).on_disk:
-            raise ValueError(f"data.tasks: '{task}' is computed from another modality, not read")
+    packed shards when `path` holds meta.json, else the official folder layout.
+    `modalities`: the Modality objects (or default names) to read; `tfds_fields`: {modality:
+    TFDS feature} where the names differ."""
+    mods = resolve(modalities)
+    for m in mods.values():
+        if not m.on_disk:
+            raise ValueError(f"'{m.name}' is computed from '{m.source}', not read from disk")
+    tasks = tuple(mods)
     if not path:
-        unknown = set(tasks) - {"rgb", "depth", "semseg"}
+        unknown = set(tasks) - set(SyntheticScenes.MODALITIES)
         if unknown:
-            raise ValueError(f"the synthetic scenes have rgb, depth and semseg, not {sorted(unknown)}")
+            raise ValueError(f"the synthetic scenes have {list(SyntheticScenes.MODALITIES)}, not "
+                             f"{sorted(unknown)}; set data.path to a dataset that has them")
+        classes = [m.num_classes for m in mods.values() if m.kind == "labels"]
         return SyntheticSource(SyntheticScenes(synthetic_samples, synthetic_size,
-                                               min(num_classes, 8), seed))
+                                               min(classes + [8]), seed))
     if path.startswith("tfds:"):
-        return TfdsSource(*parse_tfds_path(path), tasks)
+        return TfdsSource(*parse_tfds_path(path), tuple(mods.values()), tfds_fields)
     if is_shard_dir(path):
         return ShardSource(path, tasks)
     return FolderSource(path, tasks, allow_incomplete)
@@ -86,38 +93,38 @@ class _ProcessStream:
 
 @dataclasses.dataclass(frozen=True)
 class _DecodeAndAugment(grain.transforms.Map):
-    tasks: tuple[str, ...]
+    """Pickled into worker processes with its Modality objects (never looked up by name)."""
     augment: PretrainAugment
     seed: int
     skip_corrupt: bool
 
     def map(self, item):
         position, record = item
-        sample = decode_record(record, self.tasks, self.skip_corrupt)
+        sample = decode_record(record, self.augment.modalities, self.skip_corrupt)
         if sample is None:
             return None
-        out = self.augment({t: sample[t] for t in self.tasks},
+        out = self.augment({t: sample[t] for t in self.augment.tasks},
                            np.random.default_rng((self.seed, position)))
         out["label"] = np.int32(sample["label"])
         return out
 
 
-def make_dataset(source, tasks, *, image_size: int, local_batch_size: int, seed: int = 0,
+def make_dataset(source, modalities, *, image_size: int, local_batch_size: int, seed: int = 0,
                  process_index: int = 0, process_count: int = 1, num_workers: int = 0,
                  skip_corrupt: bool = False, num_epochs: int | None = None,
                  hflip: float = 0.5) -> grain.IterDataset:
-    """Batches of HOST-augmented samples for this process: {task: (local_batch, ...), 'label'}.
+    """Batches of HOST-augmented samples for this process: {task: (local_batch, ...), 'label'}
+    for `modalities` (Modality objects or default names).
 
     Every epoch is a fresh permutation of the whole dataset, split between processes batch by
     batch (see `_ProcessStream`); each sample's crop and flip come from (seed, its global
     position). With `skip_corrupt`, undecodable samples are dropped (and logged) instead of
     stopping the run. `num_workers` > 0 decodes and augments in that many worker processes.
     """
-    tasks = tuple(tasks)
     stream = _ProcessStream(source, seed, process_index, process_count, local_batch_size,
                             num_epochs)
     ds = grain.MapDataset.source(stream).map(
-        _DecodeAndAugment(tasks, PretrainAugment(tasks, image_size, hflip=hflip), seed,
+        _DecodeAndAugment(PretrainAugment(tuple(modalities), image_size, hflip=hflip), seed,
                           skip_corrupt))
     if skip_corrupt:
         ds = ds.filter(lambda sample: sample is not None)

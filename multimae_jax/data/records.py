@@ -10,20 +10,21 @@ import logging
 import msgpack
 import numpy as np
 
-from multimae_jax import modalities
+from multimae_jax.modalities import resolve
 from multimae_jax.data.codecs import CorruptFileError, decode
 
 
-def decode_record(record: dict, tasks, skip_corrupt: bool = False) -> dict | None:
-    """{task: native array, 'label': int, 'key': str}, or None for a corrupt sample when
-    `skip_corrupt` (it is logged); otherwise CorruptFileError naming the file."""
+def decode_record(record: dict, modalities, skip_corrupt: bool = False) -> dict | None:
+    """{task: native array, 'label': int, 'key': str} of `modalities` (Modality objects or
+    default names), or None for a corrupt sample when `skip_corrupt` (it is logged); otherwise
+    CorruptFileError naming the file."""
     out = {"key": record["key"], "label": record["label"]}
     paths = record.get("paths", {})
-    for task in tasks:
+    for task, mod in resolve(modalities).items():
         value = record[task]
         where = paths.get(task, f"{record['key']} ({task})")
         try:
-            out[task] = decode(modalities.get(task), value, where) if isinstance(value, bytes) else value
+            out[task] = decode(mod, value, where) if isinstance(value, bytes) else value
         except CorruptFileError as e:
             if not skip_corrupt:
                 raise

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grain
 
+from multimae_jax.data.folder import folder_names
 from multimae_jax.data.records import unpack_record
 
 META = "meta.json"
@@ -29,7 +30,7 @@ class ShardSource:
             raise FileNotFoundError(f"{meta_path}: missing; pack a dataset with "
                                     "`python -m multimae_jax.data.pack SRC OUT`")
         self.meta = json.loads(meta_path.read_text())
-        missing = [t for t in (tasks or ()) if t not in self.meta["tasks"]]
+        missing = [t for t in folder_names(tasks or ()) if t not in self.meta["tasks"]]
         if missing:
             raise ValueError(f"{self.root}: shards hold tasks {self.meta['tasks']}, not {missing}")
         paths = [self.root / shard_name(i, self.meta["num_shards"])

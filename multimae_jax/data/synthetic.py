@@ -47,6 +47,8 @@ class SyntheticScenes:
       classes a family repeats with a class-specific elongation.
     seed: dataset seed.
     """
+    MODALITIES = ("rgb", "depth", "semseg")  # what each scene holds (default registry entries)
+
     num_samples: int = 10_000
     image_size: int = 224
     num_classes: int = 8
@@ -101,8 +103,9 @@ class SyntheticScenes:
         num_samples = len(self) if num_samples is None else num_samples
         if isinstance(folders, int):
             folders = [f"n{i:04d}" for i in range(folders)]
-        exts = {name: modalities.get(name).write_ext for name in ("rgb", "depth", "semseg")}
-        exts["rgb"] = exts["rgb"] if rgb_format == "jpeg" else ".png"
+        mods = modalities.resolve(self.MODALITIES)
+        exts = {name: ".png" if m.storage == "rgb8" and rgb_format == "png" else m.write_ext
+                for name, m in mods.items()}
         root = Path(root)
         for name in exts:
             for folder in folders:
@@ -117,7 +120,7 @@ class SyntheticScenes:
             sample, rel = self[i], f"{folders[i % len(folders)]}/s{i:06d}"
             for name, ext in exts.items():
                 _write(root / name / (rel + ext),
-                       encode(modalities.get(name), sample[name], ext, jpeg_quality))
+                       encode(mods[name], sample[name], ext, jpeg_quality))
             paths.append(rel)
         return paths
 

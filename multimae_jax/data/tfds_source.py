@@ -3,10 +3,7 @@
 with decoded arrays. TFDS finds its data in $TFDS_DATA_DIR (default ~/tensorflow_datasets)."""
 import numpy as np
 
-from multimae_jax import modalities
-
-#: The feature each task is read from (any other task: the feature of its own name).
-FIELDS = {"rgb": "image", "depth": "depth", "semseg": "segmentation_mask"}
+from multimae_jax.modalities import resolve
 
 
 def parse_tfds_path(path: str) -> tuple[str, str]:
@@ -20,15 +17,22 @@ def parse_tfds_path(path: str) -> tuple[str, str]:
 class TfdsSource:
     """tfds.data_source(name, split) adapted to raw records {'key', 'label', task: array}.
 
+    `fields` maps a modality to the feature it is read from (config.data.tfds_fields, e.g.
+    {'rgb': 'image'}); a modality not in it reads the feature of its own name.
+
     Grey images become 3-channel for 'rgb8' tasks (as PIL .convert('RGB') does); single-channel
     features are squeezed to (H, W) for 'uint16' and 'labels' tasks.
     """
 
-    def __init__(self, name: str, split: str, tasks):
-        import tensorflow_datasets as tfds  # heavy import, only when this source is used
+    def __init__(self, name: str, split: str, modalities, fields=None):
+        try:  # an optional dependency (heavy import), only when this source is used
+            import tensorflow_datasets as tfds
+        except ImportError as e:
+            raise ImportError(f"data.path 'tfds:{name}:{split}' needs tensorflow-datasets: "
+                              "pip install 'multimae-jax[tfds]'") from e
 
-        self.name, self.split, self.tasks = name, split, tuple(tasks)
-        self.fields = {t: FIELDS.get(t, t) for t in self.tasks}
+        self.name, self.split, self.modalities = name, split, resolve(modalities)
+        self.fields = {t: (fields or {}).get(t, t) for t in self.modalities}
         self._source = tfds.data_source(name, split=split)
         features = set(self._source.dataset_info.features.keys())
         missing = {t: f for t, f in self.fields.items() if f not in features}
@@ -45,7 +49,7 @@ class TfdsSource:
                   "label": int(ex["label"]) if "label" in ex else 0}
         for task, field in self.fields.items():
             value = np.asarray(ex[field])
-            storage = modalities.get(task).storage
+            storage = self.modalities[task].storage
             if storage == "rgb8" and value.ndim == 3 and value.shape[-1] == 1:
                 value = np.repeat(value, 3, axis=-1)
             elif storage in ("uint16", "labels") and value.ndim == 3 and value.shape[-1] == 1:

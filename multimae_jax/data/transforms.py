@@ -1,15 +1,18 @@
 """MultiMAE pre-training augmentation (official `DataAugmentationForMultiMAE`), in two parts.
 
-HOST (numpy/PIL, one sample at a time, in data-loader workers): `PretrainAugment` draws one
+HOST (numpy, one sample at a time, in data-loader workers): `PretrainAugment` draws one
 RandomResizedCrop box and one horizontal-flip decision and applies them to every modality, with
-each modality's registry `resample`, and returns compact arrays (rgb stays uint8).
+each modality's `resample`, and returns compact arrays (8-bit images stay uint8).
 
-DEVICE (jnp, batched, inside the jitted train step): `prepare_batch` normalises rgb with the
-ImageNet mean/std and applies the official truncated per-sample depth standardisation.
+DEVICE (jnp, batched, inside the jitted train step): `prepare_batch` normalises every image
+modality as its entry says (rgb: /255 and ImageNet mean/std; depth: /2**16 and the official
+truncated per-sample standardisation) and makes labels int32.
 
 PIL facts this module relies on (checked in tests/test_transforms.py):
-* `resize(..., box=crop)` is NOT crop-then-resize for BICUBIC: the filter reads pixels outside the
-  box near its edges. The official code crops first, so we do too.
+* The official code crops, then calls PIL's `resize` whose default filter is BICUBIC for RGB and
+  for the 16-bit depth (a 32-bit 'I' image in the Pillow of its time). `pil_resample` reproduces
+  both exactly in numpy, independent of the installed Pillow (whose results changed across
+  versions). `resize(..., box=crop)` would differ: the filter reads pixels outside the box.
 * NEAREST picks source index floor((x + 0.5) * n_in / n_out), but with two different float
   roundings: 'I;16' images (uint16 arrays) compute it per pixel as (x + 0.5) * (n_in / n_out);
   8-bit, 'I' and 'F' images accumulate x_0 = scale / 2, x_k+1 = x_k + scale. They differ when the
@@ -22,12 +25,9 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
-from multimae_jax import modalities
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from multimae_jax.data import pil_resample
+from multimae_jax.modalities import Modality, resolve
 
 
 def _nearest_index(n_in: int, n_out: int, per_pixel: bool) -> np.ndarray:
@@ -48,34 +48,38 @@ def _nearest_index(n_in: int, n_out: int, per_pixel: bool) -> np.ndarray:
 class PretrainAugment:
     """HOST-side MultiMAE pre-training augmentation of one sample.
 
-    `aug(sample, rng)`: sample maps every task in `tasks` to its native array, all with the same
-    H x W: 'rgb8' storage uint8 (H, W, 3); 'uint16' (H, W); 'labels' (H, W) ints; 'npy' float32
-    (H, W[, C]). With S = image_size and s = the modality's stride_level it returns:
-    * 'rgb8': uint8 (S, S, 3), PIL BICUBIC (normalised later on the device, see `normalize_rgb`);
-    * 'uint16': uint16 (S, S, 1), PIL NEAREST (float32 value / 2**16 on the device);
+    `aug(sample, rng)`: sample maps every modality's name to its native array (see
+    `codecs.decode`), all with the same H x W. With S = image_size and s = stride_level:
+    * 'rgb8' / 'uint8': uint8 (S, S, C), resampled as its `resample` says;
+    * 'uint16': bicubic -> int32 (S, S, 1) as PIL's 32-bit 'I' image that the official loader
+      resizes (bicubic overshoot beyond 0..65535 is kept); nearest -> uint16 (S, S, 1);
+      the device divides by `scale` (2**16);
     * 'npy': float32 (S, S, C), PIL NEAREST semantics;
-    * 'labels': stored ints (S/s, S/s) (int32 on the device): PIL NEAREST to S x S, flip, then PIL NEAREST to S/s x S/s
-      (the official code resizes the mode-P image again after the flip).
+    * labels: stored ints (S/s, S/s): NEAREST to S x S, flip, then NEAREST to S/s x S/s (the
+      official code resizes the mode-P image again after the flip).
     One crop box (torchvision `RandomResizedCrop.get_params`) and one flip (probability `hflip`)
     are drawn from `rng` (see `draw`) and shared by all modalities: the output is a function of
-    the sample and the rng state only.
+    the sample and the rng state only. `modalities`: Modality objects (or names of the default
+    entries); they travel with this object to worker processes.
     """
-    tasks: tuple[str, ...]
+    modalities: tuple
     image_size: int = 224
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
 
     def __post_init__(self):
-        for task in self.tasks:
-            mod = modalities.get(task)
+        object.__setattr__(self, "modalities", tuple(resolve(self.modalities).values()))
+        for mod in self.modalities:
             if not mod.on_disk:
-                raise ValueError(f"'{task}' is computed from another modality, not augmented")
-            if mod.resample == "bicubic" and mod.storage != "rgb8":
-                raise ValueError(f"'{task}': bicubic resampling is implemented for rgb8 only")
+                raise ValueError(f"'{mod.name}' is computed from '{mod.source}', not augmented")
             if mod.kind == "labels" and self.image_size % mod.stride_level:
-                raise ValueError(f"'{task}': image_size {self.image_size} is not a multiple of "
-                                 f"stride_level {mod.stride_level}")
+                raise ValueError(f"'{mod.name}': image_size {self.image_size} is not a multiple "
+                                 f"of stride_level {mod.stride_level}")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.modalities)
 
     def draw(self, height: int, width: int, rng: np.random.Generator
              ) -> tuple[int, int, int, int, bool]:
@@ -114,16 +118,18 @@ class PretrainAugment:
             raise ValueError(f"tasks must share one H x W, got {shapes}")
         height, width = shapes[self.tasks[0]]
         i, j, h, w, flip = self.draw(height, width, rng)
-        return {t: self._apply(t, sample[t], i, j, h, w, flip) for t in self.tasks}
+        return {m.name: self._apply(m, sample[m.name], i, j, h, w, flip) for m in self.modalities}
 
-    def _apply(self, task, x, i, j, h, w, flip):
-        mod, size = modalities.get(task), self.image_size
-        if mod.resample == "bicubic":  # rgb8: PIL, crop first (see the module docstring)
-            img = Image.fromarray(x).crop((j, i, j + w, i + h)).resize((size, size),
-                                                                       Image.BICUBIC)
-            if flip:
-                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            return np.array(img)
+    def _apply(self, mod: Modality, x, i, j, h, w, flip):
+        size = self.image_size
+        if mod.resample == "bicubic":  # the official code crops first, then resizes
+            crop = x[i:i + h, j:j + w]
+            if mod.storage == "uint16":  # resized as the 32-bit 'I' image official PIL made of it
+                out = pil_resample.resize_bicubic_int32(crop.astype(np.int32), (size, size))
+                out = out[..., None]
+            else:
+                out = pil_resample.resize_bicubic_uint8(crop, (size, size))
+            return np.ascontiguousarray(out[:, ::-1] if flip else out)
         # NEAREST: compose crop, resize, flip (and the labels' second resize) into one gather.
         per_pixel = mod.storage == "uint16"
         rows = i + _nearest_index(h, size, per_pixel)
@@ -136,19 +142,27 @@ class PretrainAugment:
         out = x[rows][:, cols]  # two 1-D gathers: much faster than one 2-D fancy index
         if mod.kind == "labels":
             return out  # stored dtype; int32 on the device (prepare_batch)
-        if mod.storage == "uint16":
-            return out[..., None]  # uint16: 2x smaller than float32 between processes
-        return out.astype(np.float32).reshape(size, size, -1)
+        if out.ndim == 2:
+            out = out[..., None]
+        if mod.storage == "npy":
+            return out.astype(np.float32)
+        return out  # uint8 / uint16: compact between processes, scaled on the device
 
 
-def normalize_rgb(x: jnp.ndarray) -> jnp.ndarray:
-    """DEVICE: uint8 (..., 3) -> float32 (x / 255 - ImageNet mean) / ImageNet std."""
-    x = jnp.asarray(x).astype(jnp.float32) / 255.0
-    return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+def normalize(x: jnp.ndarray, mod: Modality) -> jnp.ndarray:
+    """DEVICE: an image modality's stored values (B, H, W, C) -> float32 model input:
+    x / scale, then (x - mean) / std per channel, then the truncated standardisation."""
+    x = jnp.asarray(x).astype(jnp.float32) / mod.scale
+    if mod.mean is not None:
+        x = x - jnp.asarray(mod.mean, jnp.float32)
+    if mod.std is not None:
+        x = x / jnp.asarray(mod.std, jnp.float32)
+    return standardize_depth(x) if mod.standardize else x
 
 
 def standardize_depth(d: jnp.ndarray) -> jnp.ndarray:
-    """DEVICE: official truncated depth standardisation, per sample of d (B, H, W, C).
+    """DEVICE: official truncated standardisation (`run_pretraining_multimae.py:
+    train_one_epoch`, the standardize_depth branch), per sample of d (B, H, W, C).
 
     Per sample: sort the n = H*W*C values, keep the slice [int(0.1 n), int(0.9 n)), and return
     (d - mean) / sqrt(var + 1e-6) with the slice's mean and unbiased (ddof 1) variance.
@@ -162,25 +176,19 @@ def standardize_depth(d: jnp.ndarray) -> jnp.ndarray:
     return (d - mean) / jnp.sqrt(var + 1e-6)
 
 
-def prepare_batch(batch: dict, depth_standardization: bool = True) -> dict:
-    """DEVICE: a collated batch of `PretrainAugment` outputs -> model inputs/targets.
+def prepare_batch(batch: dict, modalities) -> dict:
+    """DEVICE: a collated batch of `PretrainAugment` outputs -> model inputs and targets.
 
-    'rgb' uint8 (B, S, S, 3) -> float32 ImageNet-normalised; 'uint16' modalities (depth)
-    -> float32 value / 2**16, then for depth the truncated standardisation when
-    `depth_standardization` (official default for pre-training); labels -> int32 (B, S/s, S/s);
-    other keys are returned unchanged.
+    Every key that names one of `modalities` (Modality objects or default names) is
+    normalised as that modality says (`normalize`); labels become int32 (B, S/s, S/s); other
+    keys are returned unchanged.
     """
     out = dict(batch)
-    for task, value in batch.items():
-        if task not in modalities.MODALITIES:
+    for name, mod in resolve(modalities).items():
+        if name not in batch:
             continue
-        mod = modalities.get(task)
         if mod.kind == "labels":
-            out[task] = jnp.asarray(value).astype(jnp.int32)
-        elif mod.storage == "uint16":  # the official loader's float(depth) / 2**16
-            out[task] = jnp.asarray(value).astype(jnp.float32) / 2.0 ** 16
-    if "rgb" in out:
-        out["rgb"] = normalize_rgb(out["rgb"])
-    if depth_standardization and "depth" in out:
-        out["depth"] = standardize_depth(out["depth"])
+            out[name] = jnp.asarray(batch[name]).astype(jnp.int32)
+        else:
+            out[name] = normalize(batch[name], mod)
     return out

@@ -2,7 +2,8 @@
 
 Resumes from the latest checkpoint in the workdir (train state and data iterator, so a resumed
 run ends exactly where an uninterrupted one does). SIGTERM / SIGINT save a checkpoint and stop
-cleanly. Too many non-finite steps in a row stop the run without saving, so the last good
+cleanly: after the current step in one process, at the next log or checkpoint step in several
+(see `_stop_agreed`). Too many non-finite steps in a row stop the run without saving, so the last good
 checkpoint stays the latest.
 """
 import json
@@ -18,13 +19,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from multimae_jax.data.pipeline import global_batch, make_dataset, make_source
-from multimae_jax.models.spec import to_spec
 from multimae_jax.train import checkpoint, sharding
-from multimae_jax.train.optimizer import scaled_lr
-from multimae_jax.train.step import PretrainStep
+from multimae_jax.train.optimizer import scaled_lr, warmup_steps
+from multimae_jax.train.step import PretrainStep, config_modalities
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import reconstruction_grid, save_png
 
+RUN_INFO = "run_info.json"  # devices and package versions of a training run
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "multimae-jax")
 
 
@@ -42,11 +43,11 @@ def _versions() -> dict:
     return out
 
 
-def _write_run_info(workdir: Path, config, model) -> None:
+def _write_run_info(workdir: Path, config) -> None:
     info = {"devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
-            "versions": _versions(), "model": to_spec(model)}
+            "versions": _versions()}
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    (workdir / checkpoint.RUN_INFO).write_text(json.dumps(info, indent=1, default=str))
+    (workdir / RUN_INFO).write_text(json.dumps(info, indent=1, default=str))
 
 
 def _schedule_figures(config, num_samples: int) -> dict:
@@ -54,7 +55,7 @@ def _schedule_figures(config, num_samples: int) -> dict:
     steps_per_epoch = max(1, num_samples // gb)
     total = config.train.num_steps if config.train.num_steps > 0 else config.train.epochs * steps_per_epoch
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total,
-            "warmup_steps": int(config.optimizer.warmup_epochs * steps_per_epoch),
+            "warmup_steps": warmup_steps(config.optimizer, steps_per_epoch),
             "lr": scaled_lr(config)}
 
 
@@ -75,12 +76,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _agreed(flag: bool) -> bool:
-    """True on every process if it is True on any: a signal reaching the processes at different
-    steps must still stop them all after the same step (checkpoint saves are collective)."""
+def _stop_agreed(requested: bool, sync_step: bool) -> bool:
+    """Whether to stop after this step. One process stops at once. Several must stop after the
+    same step (checkpoint saves are collective), so they need a cross-process gather; one on
+    every step would block asynchronous dispatch, so they agree only at `sync_step`s (log and
+    checkpoint steps): a signal stops a multi-process run up to `train.log_every` steps late."""
     if jax.process_count() == 1:
-        return flag
-    return bool(multihost_utils.process_allgather(np.int32(flag)).max())
+        return requested
+    return sync_step and bool(multihost_utils.process_allgather(np.int32(requested)).max())
 
 
 def _format(metrics: dict) -> str:
@@ -98,17 +101,19 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
     workdir = Path(workdir)
     validate(config, jax.device_count(), jax.process_count())
     mesh = sharding.make_mesh(config.mesh.to_dict())
-    tasks = tuple(config.model.input_tasks)
-    source = make_source(config.data.path, tasks, synthetic_samples=config.data.synthetic_samples,
-                         synthetic_size=config.model.image_size,
-                         num_classes=config.model.semseg_num_classes, seed=config.seed,
-                         allow_incomplete=config.data.allow_incomplete)
+    _, outputs, data_mods = config_modalities(config)
+    tasks = tuple(data_mods)
+    source = make_source(config.data.path, tuple(data_mods.values()),
+                         synthetic_samples=config.data.synthetic_samples,
+                         synthetic_size=config.model.image_size, seed=config.seed,
+                         allow_incomplete=config.data.allow_incomplete,
+                         tfds_fields=config.data.tfds_fields.to_dict())
     fig = _schedule_figures(config, len(source))
     gb, is_main = config.data.global_batch_size, jax.process_index() == 0
     runner = PretrainStep(config, mesh, fig["total_steps"], fig["warmup_steps"], fig["lr"])
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
-        _write_run_info(workdir, config, runner.model)
+        _write_run_info(workdir, config)
         print(f"data: {source!r}\nmodel: {runner.num_params:,} trainable parameters, mesh "
               f"{dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s) in {jax.process_count()} process(es)\n"
@@ -116,7 +121,7 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
               f"steps, warm-up {fig['warmup_steps']} steps, lr {fig['lr']:.3e} "
               f"(blr {config.optimizer.blr} x {gb} / 256)", flush=True)
 
-    dataset = make_dataset(source, tasks, image_size=config.model.image_size,
+    dataset = make_dataset(source, tuple(data_mods.values()), image_size=config.model.image_size,
                            local_batch_size=gb // jax.process_count(), seed=config.seed,
                            process_index=jax.process_index(), process_count=jax.process_count(),
                            num_workers=config.data.num_workers,
@@ -129,7 +134,7 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
                                 runner.abstract_state, runner.state_sharding)
         state = checkpoint.restore(mngr, start, abstract, data_iter)
         if is_main:
-            print(f"resumed from step {start} ({workdir / checkpoint.CHECKPOINTS})", flush=True)
+            print(f"resumed from step {start} ({mngr.directory})", flush=True)
     else:
         start, state = 0, runner.init(runner.key)
 
@@ -152,17 +157,21 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
             bar.update()
             if step % config.train.log_every == 0 or step == total:
                 fetched, counters = jax.device_get(  # one transfer for everything logged
-                    (metrics, {k: state[k] for k in ("nonfinite_streak", "skipped")}))
+                    (metrics, {k: state[k] for k in ("nonfinite_streak", "skipped",
+                                                     "skipped_grad_norm")}))
                 last = {k: float(v) for k, v in fetched.items()}
                 now = time.perf_counter()
                 last["images_per_sec"] = images_since / (now - tick)
                 tick, images_since = now, 0
                 streak, skipped = int(counters["nonfinite_streak"]), int(counters["skipped"])
+                big = int(counters["skipped_grad_norm"])
+                last.update(skipped=skipped, skipped_grad_norm=big)  # totals so far
                 bar.set_postfix(epoch=f"{step / fig['steps_per_epoch']:.2f}",
                                 img_s=f"{last['images_per_sec']:.0f}", loss=f"{last['loss']:.3f}")
                 if is_main:
                     tqdm.write(f"step {step}: {_format(last)} | {last['images_per_sec']:.0f} img/s"
-                               + (f" | skipped {skipped}" if skipped else ""))
+                               + (f" | skipped {skipped}" if skipped else "")
+                               + (f" | skipped (grad norm) {big}" if big else ""))
                     for k, v in last.items():
                         writer.add_scalar(k, v, step)
                 if streak >= config.train.max_nonfinite_steps:
@@ -174,14 +183,17 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
             if step % config.train.picture_every == 0:
                 pictures = jax.device_get(runner.predict(state, batch, min(4, gb)))
                 if is_main:
-                    grid = reconstruction_grid(*pictures, patch_size=config.model.patch_size)
+                    grid = reconstruction_grid(*pictures, outputs,
+                                               patch_size=config.model.patch_size)
                     save_png(grid, workdir / "pictures" / f"step_{step:07d}.png")
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
-            stopping = _agreed(bool(stop.signal)) or step == stop_at_step
-            if mngr.should_save(step) or step == total or stopping:
+            due = mngr.should_save(step) or step == total
+            stopping = (_stop_agreed(bool(stop.signal), due or step % config.train.log_every == 0)
+                        or step == stop_at_step)
+            if due or stopping:
                 # never checkpoint a state that is in a run of non-finite steps
                 if int(state["nonfinite_streak"]) == 0:
-                    checkpoint.save(mngr, step, state, data_iter, force=True)
+                    checkpoint.save(mngr, step, runner.model, state, data_iter, force=True)
             if stopping:
                 if is_main:
                     tqdm.write(f"{stop.signal or 'stop_at_step'}: saved step {step}, stopping")

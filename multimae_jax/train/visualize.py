@@ -1,16 +1,18 @@
-"""Reconstruction figures as in the MultiMAE paper and the official demo (reference §6.3).
+"""Reconstruction figures as in the MultiMAE paper and the official demo (`MultiMAE_Demo.ipynb`:
+`get_masked_image`, `get_pred_with_input`, `plot_predictions`).
 
 For each shown sample and each predicted modality, one row of three panels:
 masked input (masked patches grey) | prediction with the visible patches pasted back from the input
 (the demo's `get_pred_with_input`) | target (the input). Panels are S x S; a left column names the
 row ("<sample> <task>") and a header names the columns.
 
-Rendering: rgb de-normalised from ImageNet mean/std and clipped to [0, 1]; depth (and any other
-1-channel image) through a viridis-like colour map scaled by the min/max of the sample's target, so
-prediction and target share one scale; labels (semseg) through a fixed palette (argmax of the
-logits), upsampled by the stride level (nearest); norm_rgb (per-patch standardised) with a per-patch
-min-max, its target being the per-patch min-max of the rgb input (the same picture as that of its
-standardised patches, since standardisation is affine per patch).
+Rendering follows each modality's `draw`: 'image' (rgb) de-normalised with its mean/std and
+clipped to [0, 1]; 'colormap' (depth) through a viridis-like colour map scaled by the min/max of
+the sample's target, so prediction and target share one scale; 'labels' (semseg) through a fixed
+palette (argmax of the logits), upsampled by the stride level (nearest); 'patches' (norm_rgb,
+per-patch standardised) with a per-patch min-max, its target being the per-patch min-max of the
+rgb input (the same picture as that of its standardised patches: standardisation is affine per
+patch).
 """
 from __future__ import annotations
 
@@ -21,8 +23,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
-from multimae_jax import modalities
-from multimae_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from multimae_jax.modalities import Modality, resolve
 
 GREY = 0.5  # colour of masked patches
 PAD = 2  # white gap (pixels) after each panel, right and below
@@ -60,15 +61,15 @@ def _patch_minmax(x: np.ndarray, p: int) -> np.ndarray:
     return ((patches - lo) / np.maximum(hi - lo, 1e-12)).reshape(h, w, c)
 
 
-def _render(task: str, target: np.ndarray, pred: np.ndarray, patch_size: int,
+def _render(mod: Modality, target: np.ndarray, pred: np.ndarray, patch_size: int,
             num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """One sample's target and prediction -> two float (S, S, 3) pictures in [0, 1].
+    """One sample's target and prediction -> two float (S, S, 3) pictures in [0, 1], drawn as
+    the modality's `draw` says.
 
-    target: the model input of `modalities.get(task).target` ((S, S, C) float, or (S/s, S/s) int
-    labels); pred: the decoder output ((S, S, C), or (S/s, S/s, classes) logits).
+    target: the prepared data of `mod.source` ((S, S, C) float, or (S/s, S/s) int labels);
+    pred: the decoder output ((S, S, C), or (S/s, S/s, classes) logits).
     """
-    mod = modalities.get(task)
-    if mod.kind == "labels":
+    if mod.draw == "labels":
         colours = palette(num_classes or pred.shape[-1])
 
         def paint(labels):
@@ -77,41 +78,44 @@ def _render(task: str, target: np.ndarray, pred: np.ndarray, patch_size: int,
             return img.repeat(mod.stride_level, axis=0).repeat(mod.stride_level, axis=1)
 
         return paint(target), paint(pred.argmax(axis=-1))
-    if mod.norm_pix:
+    if mod.draw == "patches":
         return _patch_minmax(target, patch_size), _patch_minmax(pred, patch_size)
-    if task == "rgb":
-        mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
+    if mod.draw == "image":  # undo the device normalisation's mean / std
+        mean = np.asarray(mod.mean if mod.mean is not None else 0.0)
+        std = np.asarray(mod.std if mod.std is not None else 1.0)
         return np.clip(target * std + mean, 0, 1), np.clip(pred * std + mean, 0, 1)
-    lo, hi = float(target.min()), float(target.max())
+    lo, hi = float(target.min()), float(target.max())  # 'colormap'
     if target.shape[-1] == 1:
         return _colormap(target, lo, hi), _colormap(pred, lo, hi)
     scale = max(hi - lo, 1e-12)
     return np.clip((target - lo) / scale, 0, 1), np.clip((pred - lo) / scale, 0, 1)
 
 
-def reconstruction_panels(inputs: dict, preds: dict, masks: dict, *, patch_size: int = 16,
-                          num_samples: int = 4, num_classes: int | None = None
+def reconstruction_panels(inputs: dict, preds: dict, masks: dict, modalities=None, *,
+                          patch_size: int = 16, num_samples: int = 4,
+                          num_classes: int | None = None
                           ) -> list[tuple[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """The rows of `reconstruction_grid`: [(label, (masked, prediction, target))], each panel
-    uint8 (S, S, 3); sample-major, tasks in registry order. Arguments as `reconstruction_grid`."""
-    shown = {}  # task -> (targets, outputs, masks (B, N) bool, patches per side)
-    for task, mod in modalities.MODALITIES.items():
-        if task not in preds or mod.target not in inputs:
+    uint8 (S, S, 3); sample-major, tasks in the order of `modalities`. Arguments as
+    `reconstruction_grid`."""
+    shown = {}  # task -> (modality, targets, outputs, masks (B, N) bool, patches per side)
+    for task, mod in resolve(list(preds) if modalities is None else modalities).items():
+        if task not in preds or mod.source not in inputs:
             continue
         outputs = np.asarray(preds[task], np.float32)
         grid = outputs.shape[1] * mod.stride_level // patch_size
         # A task without a mask is no input: every patch was predicted.
-        mask = np.asarray(masks.get(mod.target, np.ones((len(outputs), grid * grid))), bool)
+        mask = np.asarray(masks.get(mod.source, np.ones((len(outputs), grid * grid))), bool)
         if mask.shape[1:] != (grid * grid,):
-            raise ValueError(f"'{task}': masks['{mod.target}'] has shape {mask.shape}, expected "
+            raise ValueError(f"'{task}': masks['{mod.source}'] has shape {mask.shape}, expected "
                              f"(B, {grid * grid}) for patch size {patch_size}")
-        shown[task] = np.asarray(inputs[mod.target]), outputs, mask, grid
-    batch = min([len(targets) for targets, *_ in shown.values()], default=0)
+        shown[task] = mod, np.asarray(inputs[mod.source]), outputs, mask, grid
+    batch = min([len(targets) for _, targets, *_ in shown.values()], default=0)
     rows = []
     for i in range(min(num_samples, batch)):
-        for task, (targets, outputs, mask, grid) in shown.items():
+        for task, (mod, targets, outputs, mask, grid) in shown.items():
             target = targets[i] if targets.dtype.kind in "iu" else targets[i].astype(np.float32)
-            target_img, pred_img = _render(task, target, outputs[i], patch_size, num_classes)
+            target_img, pred_img = _render(mod, target, outputs[i], patch_size, num_classes)
             pixels = mask[i].reshape(grid, grid).repeat(patch_size, 0).repeat(patch_size, 1)
             pixels = pixels[..., None]
             panels = (np.where(pixels, GREY, target_img), np.where(pixels, pred_img, target_img),
@@ -120,8 +124,9 @@ def reconstruction_panels(inputs: dict, preds: dict, masks: dict, *, patch_size:
     return rows
 
 
-def reconstruction_grid(inputs: dict, preds: dict, masks: dict, *, patch_size: int = 16,
-                        num_samples: int = 4, num_classes: int | None = None) -> np.ndarray:
+def reconstruction_grid(inputs: dict, preds: dict, masks: dict, modalities=None, *,
+                        patch_size: int = 16, num_samples: int = 4,
+                        num_classes: int | None = None) -> np.ndarray:
     """A figure of masked inputs, reconstructions and targets: uint8 (H_img, W_img, 3) with
     H_img = HEADER_HEIGHT + R * (S + PAD) and W_img = LABEL_WIDTH + 3 * (S + PAD), R rows.
 
@@ -132,10 +137,12 @@ def reconstruction_grid(inputs: dict, preds: dict, masks: dict, *, patch_size: i
       is in `inputs`; other tasks are skipped.
     masks: {input task: (B, N)} 1 = masked, N = (S / patch_size)^2 patches in row-major order; a
       task without a mask (not an input) is shown as fully masked.
+    modalities: Modality objects (or default names) of the predicted tasks, drawn as their
+      `draw` field says, in this order; default: the default entries named by `preds`.
     num_samples: the first samples shown; num_classes: palette size for labels (default: the
       number of logits; labels outside it are black).
     """
-    rows = reconstruction_panels(inputs, preds, masks, patch_size=patch_size,
+    rows = reconstruction_panels(inputs, preds, masks, modalities, patch_size=patch_size,
                                  num_samples=num_samples, num_classes=num_classes)
     if not rows:
         raise ValueError(f"no task to show: preds {sorted(preds)}, inputs {sorted(inputs)}")
