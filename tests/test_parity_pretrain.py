@@ -12,9 +12,9 @@ from multimae_jax.models.presets import pretrain_multimae
 ATOL = 1e-4
 
 
-def tiny_model(cfg, with_decoders=True):
+def tiny_model(cfg, with_decoders=True, input_tasks=("rgb", "depth", "semseg")):
     model = pretrain_multimae(
-        input_tasks=("rgb", "depth", "semseg"),
+        input_tasks=input_tasks,
         output_tasks=("rgb", "depth", "semseg", "norm_rgb") if with_decoders else (),
         image_size=cfg["image_size"], patch_size=cfg["patch_size"],
         decoder_dim=cfg["decoder_dim"], decoder_depth=cfg["decoder_depth"],
@@ -24,17 +24,21 @@ def tiny_model(cfg, with_decoders=True):
     return model
 
 
-@pytest.fixture(scope="module")
-def case(official_dir, official_npz):
-    data = official_npz("pretrain_tiny")
-    meta = json.loads((official_dir / "pretrain_tiny.json").read_text())
+def _case(official_dir, official_npz, name):
+    data = official_npz(name)
+    meta = json.loads((official_dir / f"{name}.json").read_text())
     cfg = meta["config"]
     inputs = {"rgb": data["input/rgb"].transpose(0, 2, 3, 1),
               "depth": data["input/depth"].transpose(0, 2, 3, 1),
               "semseg": data["input/semseg"].astype(np.int32)}
-    masks = {t: data[f"mask/{t}"].astype(np.int32) for t in ("rgb", "depth", "semseg")}
+    masks = {t: data[f"mask/{t}"].astype(np.int32) for t in meta["domains"]}
     state = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     return data, cfg, inputs, masks, state, meta
+
+
+@pytest.fixture(scope="module")
+def case(official_dir, official_npz):
+    return _case(official_dir, official_npz, "pretrain_tiny")
 
 
 def load(model, state, inputs, masks):
@@ -77,3 +81,21 @@ def test_loss_on_unmasked(case):
     for task in preds:
         np.testing.assert_allclose(float(got[task]), data[f"loss_unmasked/{task}"], atol=1e-5,
                                    rtol=0, err_msg=task)
+
+
+def test_output_only_tasks(official_dir, official_npz):
+    """rgb in; rgb, depth, semseg, norm_rgb out: the depth and semseg decoders query with mask
+    tokens only and their losses cover the whole image (no mask), as the official loop."""
+    data, cfg, inputs, masks, state, meta = _case(official_dir, official_npz,
+                                                  "pretrain_tiny_outonly")
+    model = tiny_model(cfg, input_tasks=("rgb",))
+    rgb_only = {"rgb": inputs["rgb"]}
+    preds, out_masks = model.apply(load(model, state, rgb_only, masks), rgb_only, masks)
+    assert set(out_masks) == {"rgb"}
+    for task, pred in preds.items():
+        np.testing.assert_allclose(np.asarray(pred), data[f"pred/{task}"].transpose(0, 2, 3, 1),
+                                   atol=ATOL, rtol=0, err_msg=task)
+    got = losses.pretraining_losses(preds, inputs, out_masks, tuple(preds),
+                                    patch_size=cfg["patch_size"])
+    for task, value in meta["losses"].items():
+        np.testing.assert_allclose(float(got[task]), value, atol=1e-5, rtol=0, err_msg=task)
