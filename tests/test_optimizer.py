@@ -16,8 +16,7 @@ from multimae_jax.train.optimizer import (clip_by_total_norm, make_optimizer, wa
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.task_balancing import uncertainty_weighting
 from multimae_jax.train.validate import ConfigError, validate
-from test_train import host_batch
-from train_helpers import small_config
+from train_helpers import host_batch, small_config
 
 
 def optimizer_config(**fields):

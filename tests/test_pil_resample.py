@@ -12,6 +12,7 @@ from PIL import Image
 
 from multimae_jax.data.pil_resample import (_coefficients, resize_bicubic_int32,
                                             resize_bicubic_uint8)
+from pil_helpers import pass_order_matters_in_pillow13
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "pil"
 
@@ -21,15 +22,6 @@ LIVE_SHAPES = [((100, 150), (224, 224)), ((300, 400), (224, 224)), ((150, 300), 
                ((37, 53), (61, 24)), ((60, 1000), (17, 9)), ((1, 1), (3, 4)), ((5, 7), (5, 7))]
 
 
-def _pass_order_matters_in_pillow13(in_hw, out_hw) -> bool:
-    """Pillow 13 (Resample.c: ImagingResampleInner) runs the vertical pass first when the
-    height loses more than twice as many pixels as the width; with two passes that changes the
-    intermediate rounding. Earlier Pillows always run the horizontal pass first."""
-    (in_h, in_w), (out_h, out_w) = in_hw, out_hw
-    two_passes = in_h != out_h and in_w != out_w
-    return two_passes and in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w)
-
-
 def _pil_size(out_hw):
     return out_hw[1], out_hw[0]
 
@@ -37,7 +29,7 @@ def _pil_size(out_hw):
 @pytest.mark.parametrize("in_hw,out_hw", LIVE_SHAPES)
 @pytest.mark.parametrize("channels", [None, 1, 3])
 def test_uint8_equals_installed_pil(in_hw, out_hw, channels):
-    assert not _pass_order_matters_in_pillow13(in_hw, out_hw)
+    assert not pass_order_matters_in_pillow13(in_hw, out_hw)
     rng = np.random.default_rng(in_hw[0] * 1000 + in_hw[1])
     x = rng.integers(0, 256, in_hw + ((channels,) if channels else ()), dtype=np.uint8)
     ref = np.asarray(Image.fromarray(x[..., 0] if channels == 1 else x)
@@ -50,7 +42,7 @@ def test_uint8_equals_installed_pil(in_hw, out_hw, channels):
 @pytest.mark.parametrize("in_hw,out_hw", LIVE_SHAPES)
 def test_int32_equals_installed_pil_mode_i(in_hw, out_hw):
     """The official depth path: a 16-bit map as a mode 'I' image."""
-    assert not _pass_order_matters_in_pillow13(in_hw, out_hw)
+    assert not pass_order_matters_in_pillow13(in_hw, out_hw)
     x = np.random.default_rng(in_hw[1]).integers(0, 2 ** 16, in_hw, dtype=np.uint16)
     ref = np.asarray(Image.fromarray(x.astype(np.int32), "I").resize(_pil_size(out_hw),
                                                                      Image.BICUBIC))
@@ -84,7 +76,7 @@ def test_golden_covers_pillow13_changes(golden):
     data, cases = golden
     assert str(data["pillow_version"]).startswith("9.")
     shapes = [(data[f"{c}/rgb"].shape[:2], tuple(data[f"{c}/size"])) for c in cases]
-    assert sum(_pass_order_matters_in_pillow13(*s) for s in shapes) >= 4
+    assert sum(pass_order_matters_in_pillow13(*s) for s in shapes) >= 4
     assert len(cases) >= 12
 
 

@@ -19,7 +19,7 @@ from multimae_jax.train.loop import NonFiniteError, train
 from multimae_jax.train.optimizer import decay_mask
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.validate import ConfigError
-from train_helpers import small_config
+from train_helpers import host_batch, small_config
 from xla_flags import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,14 +33,6 @@ def test_weight_decay_covers_every_parameter_by_default():
     assert all(every)
     assert usual["encoder"]["0"]["fc"]["kernel"] and not usual["encoder"]["0"]["fc"]["bias"]
     assert not usual["global_tokens"]
-
-
-def host_batch(config, seed=0):
-    r = np.random.default_rng(seed)
-    b, s = config.data.global_batch_size, config.model.image_size
-    return {"rgb": r.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
-            "depth": r.integers(1000, 60000, (b, s, s, 1), dtype=np.uint16),
-            "semseg": r.integers(0, 8, (b, s // 4, s // 4), dtype=np.uint8)}
 
 
 def run_steps(config, mesh_spec, devices, n=2):

@@ -10,7 +10,7 @@ from multimae_jax import modalities
 from multimae_jax.data.transforms import (PretrainAugment, _nearest_index, normalize,
                                           prepare_batch, standardize_depth)
 from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD
-from test_pil_resample import _pass_order_matters_in_pillow13
+from pil_helpers import pass_order_matters_in_pillow13
 
 TASKS = ("rgb", "depth", "semseg")
 AUG = PretrainAugment(TASKS)
@@ -53,7 +53,7 @@ def test_equals_official_pil_pipeline():
         assert {k: (v.dtype, v.shape) for k, v in out.items()} == {
             "rgb": (np.uint8, (224, 224, 3)), "depth": (np.int32, (224, 224, 1)),
             "semseg": (np.uint8, (56, 56))}
-        bicubic_agrees = not _pass_order_matters_in_pillow13(tuple(box[2:]), (224, 224))
+        bicubic_agrees = not pass_order_matters_in_pillow13(tuple(box[2:]), (224, 224))
         compared += bicubic_agrees
         for k in TASKS if bicubic_agrees else ("semseg",):
             np.testing.assert_array_equal(out[k], ref[k], err_msg=f"{k} seed {seed}")

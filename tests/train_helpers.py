@@ -1,4 +1,6 @@
-"""A very small pre-training config for tests."""
+"""A very small pre-training config for tests, and host batches in the pipeline's layout."""
+import numpy as np
+
 from configs.pretrain import get_config
 
 # The tiny recipe at 32 px with a one-block encoder and no decoder blocks (cross-attention + MLP
@@ -23,3 +25,12 @@ def small_config(**overrides):
     c = get_config("tiny")
     c.update_from_flattened_dict({**SMALL, **overrides})
     return c
+
+
+def host_batch(config, seed=0):
+    """A random global batch as the host pipeline emits it for rgb, depth and semseg."""
+    r = np.random.default_rng(seed)
+    b, s = config.data.global_batch_size, config.model.image_size
+    return {"rgb": r.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
+            "depth": r.integers(1000, 60000, (b, s, s, 1), dtype=np.int32),
+            "semseg": r.integers(0, 8, (b, s // 4, s // 4), dtype=np.uint8)}

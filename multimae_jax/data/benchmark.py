@@ -29,11 +29,11 @@ def official_style(record: dict, augment: PretrainAugment, rng: np.random.Genera
     """The official path per sample (`utils/datasets.py: DataAugmentationForMultiMAE`): PIL
     decode (labels as mode 'P'), crop and PIL's default-filter resize of every modality, flip,
     float conversion and normalisation on the host, labels resized again to 1/stride."""
+    convert = {"rgb8": "RGB", "labels": "P"}  # the official loader's PIL modes
     images = {}
     for mod in augment.modalities:
         img = Image.open(record["paths"][mod.name])
-        images[mod.name] = img.convert("RGB" if mod.storage == "rgb8" else "P") \
-            if mod.storage in ("rgb8", "labels") else img
+        images[mod.name] = img.convert(convert[mod.storage]) if mod.storage in convert else img
     first = images[augment.tasks[0]]
     i, j, h, w, flip = augment.draw(first.height, first.width, rng)
     s = augment.image_size

@@ -84,7 +84,6 @@ class FolderSource:
     """
 
     def __init__(self, root, tasks, allow_incomplete: bool = False):
-        tasks = folder_names(tasks)
         self.scan = scan_folder(root, tasks)
         problems = self.scan.problems()
         if problems and not allow_incomplete:
@@ -92,7 +91,8 @@ class FolderSource:
                              "\n(run `python -m multimae_jax.data.check ROOT` for the full list, or "
                              "set data.allow_incomplete to train on the complete samples only)")
         if not self.scan.samples:
-            raise ValueError(f"dataset {root}: no complete sample for tasks {list(tasks)}")
+            raise ValueError(f"dataset {root}: no complete sample for tasks "
+                             f"{list(self.scan.tasks)}")
         self._class_index = {c: i for i, c in enumerate(self.scan.classes)}
 
     @property

@@ -17,9 +17,9 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from multimae_jax.data.folder import FolderSource
-from multimae_jax.modalities import resolve
 from multimae_jax.data.records import decode_record, pack_record
 from multimae_jax.data.shards import META, shard_name
+from multimae_jax.modalities import resolve
 
 
 _SOURCE = None  # the FolderSource of a worker process, scanned once by the parent
@@ -31,7 +31,7 @@ def _set_source(source: FolderSource) -> None:
 
 
 def _write_shard(args) -> int:
-    src_root, tasks, out, index, count, decoded = args
+    src_root, mods, out, index, count, decoded = args
     source = _SOURCE
     target = Path(out) / shard_name(index, count)
     tmp = target.with_suffix(".tmp")
@@ -42,7 +42,7 @@ def _write_shard(args) -> int:
     for i in range(index * len(source) // count, (index + 1) * len(source) // count):
         record = source[i]
         if decoded:
-            record = {**decode_record(record, tasks), "paths": record["paths"]}
+            record = {**decode_record(record, mods), "paths": record["paths"]}
         record["paths"] = {t: os.path.relpath(p, src_root) for t, p in record["paths"].items()}
         writer.write(pack_record(record))
         n += 1
@@ -55,12 +55,12 @@ def pack(src, out, modalities, num_shards: int, num_workers: int = 1,
          decoded: bool = False) -> dict:
     """Writes the shards and meta.json; returns the meta dict. `modalities`: Modality objects
     or default names (their decoding matters only with `decoded`)."""
-    tasks = tuple(resolve(modalities).values())
-    source = FolderSource(src, tasks)
+    mods = resolve(modalities)
+    source = FolderSource(src, tuple(mods))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / META
-    meta = {"tasks": [m.name for m in tasks], "classes": source.classes, "num_shards": num_shards,
+    meta = {"tasks": list(mods), "classes": source.classes, "num_shards": num_shards,
             "num_records": len(source), "decoded": decoded, "source": str(Path(src).absolute())}
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
@@ -70,7 +70,7 @@ def pack(src, out, modalities, num_shards: int, num_workers: int = 1,
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, meta_path)
     todo = [i for i in range(num_shards) if not (out / shard_name(i, num_shards)).exists()]
-    jobs = [(str(src), tuple(tasks), str(out), i, num_shards, decoded) for i in todo]
+    jobs = [(str(src), tuple(mods.values()), str(out), i, num_shards, decoded) for i in todo]
     bar = tqdm(total=num_shards, initial=num_shards - len(todo), desc="packing", unit="shard")
     _set_source(source)
     if num_workers > 1 and len(jobs) > 1:

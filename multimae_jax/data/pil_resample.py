@@ -92,11 +92,6 @@ def _pass(src: np.ndarray, index: np.ndarray, weight: np.ndarray, acc_dtype) -> 
     return acc
 
 
-def _store_int32(v: np.ndarray) -> np.ndarray:
-    """Mode 'I' stores the rounded sum as int32, unclipped."""
-    return v.astype(np.int32)
-
-
 def _resize(x: np.ndarray, size: tuple[int, int], run_pass) -> np.ndarray:
     """ImagingResampleInner for the whole-image box: x (H, W, C) -> (size[0], size[1], C).
 
@@ -143,22 +138,6 @@ def resize_bicubic_uint8(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.reshape(tuple(size) + x.shape[2:])
 
 
-def _resize_16bit(x: np.ndarray, size: tuple[int, int], store) -> np.ndarray:
-    """Mode 'I' resize of x (H, W): double sums, ROUND_UP, store(int64) per pass."""
-    if x.ndim != 2:
-        raise ValueError(f"expected a single-channel (H, W) image, got shape {x.shape}")
-
-    def run_pass(src, index, weight, fixed):
-        # float64 taps (exact) multiply faster than mixed int32 * float64
-        acc = _pass(src.astype(np.float64), index, weight, np.float64)
-        # Pillow's ROUND_UP: +-0.5 by the sign (-0.0 gets -0.5 instead of +0.5: still 0), then
-        # C's truncating (int) cast.
-        acc += np.copysign(0.5, acc)
-        return store(acc.astype(np.int64))
-
-    return store(_resize(x[..., None], size, run_pass)[..., 0])  # store: dtype if no pass ran
-
-
 def resize_bicubic_int32(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """PIL BICUBIC resize of a mode 'I' image: the official depth path.
 
@@ -171,5 +150,17 @@ def resize_bicubic_int32(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     x = np.asarray(x)
     if not np.can_cast(x.dtype, np.int32):
         raise ValueError(f"expected an int32 or narrower integer (H, W) image, got {x.dtype}")
-    return _resize_16bit(x, size, _store_int32)
+    if x.ndim != 2:
+        raise ValueError(f"expected a single-channel (H, W) image, got shape {x.shape}")
+
+    def run_pass(src, index, weight, fixed):
+        """Pillow's 'I' pass: double sum, ROUND_UP, stored as int32 without clipping."""
+        # float64 taps (exact) multiply faster than mixed int32 * float64
+        acc = _pass(src.astype(np.float64), index, weight, np.float64)
+        # Pillow's ROUND_UP: +-0.5 by the sign (-0.0 gets -0.5 instead of +0.5: still 0), then
+        # C's truncating (int) cast.
+        acc += np.copysign(0.5, acc)
+        return acc.astype(np.int32)
+
+    return _resize(x[..., None], size, run_pass)[..., 0].astype(np.int32)  # int32 if no pass ran
 

@@ -125,8 +125,7 @@ class PretrainAugment:
         if mod.resample == "bicubic":  # the official code crops first, then resizes
             crop = x[i:i + h, j:j + w]
             if mod.storage == "uint16":  # resized as the 32-bit 'I' image official PIL made of it
-                out = pil_resample.resize_bicubic_int32(crop.astype(np.int32), (size, size))
-                out = out[..., None]
+                out = pil_resample.resize_bicubic_int32(crop, (size, size))[..., None]
             else:
                 out = pil_resample.resize_bicubic_uint8(crop, (size, size))
             return np.ascontiguousarray(out[:, ::-1] if flip else out)

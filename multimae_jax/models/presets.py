@@ -23,17 +23,23 @@ def vit_preset(size: str) -> dict:
     return dict(VIT_PRESETS[size])
 
 
+def _labels_with(tasks, num_classes: int | None, dim_class_emb: int | None
+                 ) -> dict[str, Modality]:
+    """{name: Modality} of `tasks`, labels modalities with the given fields replaced."""
+    changes = {k: v for k, v in (("num_classes", num_classes), ("dim_class_emb", dim_class_emb))
+               if v is not None}
+    return {t: m.replace(**changes) if m.kind == "labels" and changes else m
+            for t, m in resolve(tasks).items()}
+
+
 def input_adapter(modality: str | Modality, image_size=224, patch_size: int = 16,
-                  num_classes: int | None = None, dim_class_emb: int | None = None,
                   emb_padding_idx: int | None = None, **kwargs):
     """The official input adapter of a modality: labels get a class embedding
-    (`SemSegInputAdapter`), images a patch projection (`PatchedInputAdapter`).
-    num_classes / dim_class_emb override the modality's own for labels."""
+    (`SemSegInputAdapter`), images a patch projection (`PatchedInputAdapter`)."""
     m = get(modality)
     if m.kind == "labels":
-        return SemSegInputAdapter(num_classes or m.num_classes, m.stride_level, patch_size,
-                                  image_size=image_size,
-                                  dim_class_emb=dim_class_emb or m.dim_class_emb,
+        return SemSegInputAdapter(m.num_classes, m.stride_level, patch_size,
+                                  image_size=image_size, dim_class_emb=m.dim_class_emb,
                                   emb_padding_idx=emb_padding_idx, **kwargs)
     return PatchedInputAdapter(m.channels, m.stride_level, patch_size, image_size=image_size,
                                **kwargs)
@@ -41,14 +47,13 @@ def input_adapter(modality: str | Modality, image_size=224, patch_size: int = 16
 
 def spatial_decoder(modality: str | Modality, context_tasks: Sequence[str], image_size=224,
                     patch_size: int = 16, dim: int = 256, depth: int = 2, num_heads: int = 8,
-                    num_classes: int | None = None, **kwargs) -> SpatialOutputAdapter:
+                    **kwargs) -> SpatialOutputAdapter:
     """The pre-training decoder of an output modality; its queries are the tokens of the
-    modality's `source` (norm_rgb: rgb). num_classes overrides a labels modality's own."""
+    modality's `source` (norm_rgb: rgb)."""
     m = get(modality)
-    channels = (num_classes or m.num_classes) if m.kind == "labels" else m.channels
-    return SpatialOutputAdapter(channels, m.stride_level, patch_size, dim_tokens=dim, depth=depth,
-                                num_heads=num_heads, image_size=image_size, task=m.source,
-                                context_tasks=tuple(context_tasks), **kwargs)
+    return SpatialOutputAdapter(m.out_channels, m.stride_level, patch_size, dim_tokens=dim,
+                                depth=depth, num_heads=num_heads, image_size=image_size,
+                                task=m.source, context_tasks=tuple(context_tasks), **kwargs)
 
 
 def pretrain_multimae(size: str = "base",
@@ -63,11 +68,11 @@ def pretrain_multimae(size: str = "base",
     """The official `pretrain_multimae_<size>` (ViT-B with rgb/depth/semseg in and rgb/depth/
     semseg/norm_rgb decoders: 97,917,072 trainable parameters). Tasks are Modality objects or
     names of the default entries; num_classes / dim_class_emb override labels modalities'."""
-    ins, outs = resolve(input_tasks), resolve(output_tasks)
-    inputs = {t: input_adapter(m, image_size, patch_size, num_classes, dim_class_emb)
-              for t, m in ins.items()}
+    ins = _labels_with(input_tasks, num_classes, dim_class_emb)
+    outs = _labels_with(output_tasks, num_classes, dim_class_emb)
+    inputs = {t: input_adapter(m, image_size, patch_size) for t, m in ins.items()}
     outputs = {t: spatial_decoder(m, tuple(ins), image_size, patch_size, decoder_dim,
-                                  decoder_depth, decoder_num_heads, num_classes)
+                                  decoder_depth, decoder_num_heads)
                for t, m in outs.items()}
     kwargs = vit_preset(size) | encoder_kwargs
     return MultiMAE(inputs, outputs, num_global_tokens=num_global_tokens,
@@ -81,8 +86,8 @@ def multivit(size: str = "base", input_tasks: Sequence[str | Modality] = ("rgb",
              dtype: Any = jnp.float32, **encoder_kwargs) -> MultiViT:
     """The official `multivit_<size>` for fine-tuning: input adapters at `image_size` plus
     `heads` ({name: head module}, e.g. LinearOutputAdapter, ConvNeXtAdapter, DPTOutputAdapter)."""
-    inputs = {t: input_adapter(m, image_size, patch_size, num_classes, dim_class_emb,
-                               emb_padding_idx) for t, m in resolve(input_tasks).items()}
+    inputs = {t: input_adapter(m, image_size, patch_size, emb_padding_idx)
+              for t, m in _labels_with(input_tasks, num_classes, dim_class_emb).items()}
     kwargs = vit_preset(size) | encoder_kwargs
     return MultiViT(inputs, heads or None, num_global_tokens=num_global_tokens, dtype=dtype,
                     **kwargs)
