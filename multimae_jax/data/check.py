@@ -1,14 +1,18 @@
-"""python -m multimae_jax.data.check ROOT [--tasks rgb depth semseg] [--quick]
+"""python -m multimae_jax.data.check ROOT [--config FILE[:VARIANT]] [--tasks ...] [--quick]
 
 Validates a dataset in the official layout ROOT/<modality>/<class>/<file> (or packed shards):
 counts per modality and class, samples missing a modality, duplicate files, and (unless --quick)
-every file decoded: unreadable files, wrong dtypes, sizes that differ between a sample's
-modalities, labels beyond their modality's classes (--num_classes overrides). Exits 1 when it
-finds a problem.
+every sample decoded as training decodes it (`records.decode_record`): unreadable files, wrong
+dtypes (an 8-bit depth PNG where 16-bit is expected), sizes that differ between a sample's
+modalities, labels >= their modality's classes. The modalities and their classes are those of
+--config (with its config.modalities changes), else the registry entries; --num_classes
+overrides. Exits 1 when it finds a problem, 2 on a usage error.
 """
 import argparse
 import collections
+import importlib.util
 import multiprocessing
+import os
 import sys
 
 import numpy as np
@@ -18,7 +22,8 @@ from multimae_jax.data.codecs import CorruptFileError
 from multimae_jax.data.folder import FolderSource
 from multimae_jax.data.records import decode_record
 from multimae_jax.data.shards import ShardSource, is_shard_dir
-from multimae_jax.modalities import resolve
+from multimae_jax.modalities import resolve, with_overrides
+from multimae_jax.train.step import config_modalities
 
 _SOURCE = None  # the source of a worker process, built once by the parent
 
@@ -28,26 +33,13 @@ def _set_source(source) -> None:
     _SOURCE = source
 
 
-def sample_problems(record: dict, modalities: dict) -> list[str]:
-    """Problems of one decoded sample (sizes, label range); modalities {name: Modality}."""
-    sizes = {t: record[t].shape[:2] for t in modalities}
-    out = []
-    if len(set(sizes.values())) > 1:
-        out.append(f"{record['key']}: modalities differ in size {sizes}")
-    for t, m in modalities.items():
-        if m.kind == "labels" and record[t].size and int(record[t].max()) >= m.num_classes:
-            out.append(f"{record['key']}: {t} label {int(record[t].max())} >= {m.num_classes} "
-                       "classes")
-    return out
-
-
 def _check_one(args):
     index, mods = args
     try:
-        record = decode_record(_SOURCE[index], mods)
+        decode_record(_SOURCE[index], mods)  # raises for a file, size or label problem
     except (CorruptFileError, OSError) as e:
         return [str(e)]
-    return sample_problems(record, mods)
+    return []
 
 
 def check(root, modalities, quick: bool = False, num_workers: int = 2, out=None) -> list[str]:
@@ -102,18 +94,40 @@ def check(root, modalities, quick: bool = False, num_workers: int = 2, out=None)
     return problems
 
 
+def load_config(spec: str):
+    """The ConfigDict of 'PATH[:VARIANT]' as the main job's --config reads it: the file's
+    get_config(VARIANT)."""
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config: no file {path}")
+    module_spec = importlib.util.spec_from_file_location("_checked_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m multimae_jax.data.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root")
-    parser.add_argument("--tasks", nargs="+", default=["rgb", "depth", "semseg"])
+    parser.add_argument("--config", metavar="PATH[:VARIANT]",
+                        help="the run's config (e.g. configs/pretrain.py:tiny): its modalities, "
+                             "with config.modalities applied, and its data tasks by default")
+    parser.add_argument("--tasks", nargs="+",
+                        help="modalities to check (default: the config's, else rgb depth semseg)")
     parser.add_argument("--quick", action="store_true", help="list files only, decode nothing")
     parser.add_argument("--num_classes", type=int,
-                        help="classes of the label modalities (default: their registry entry)")
+                        help="classes of the label modalities (default: the config's, else their "
+                             "registry entry)")
     parser.add_argument("--num_workers", type=int, default=2)
     args = parser.parse_args(argv)
     try:
-        mods = resolve(args.tasks)
+        if args.config:
+            config = load_config(args.config)
+            registry = with_overrides(config.modalities.to_dict())
+            mods = resolve(args.tasks, registry) if args.tasks else config_modalities(config)[2]
+        else:
+            mods = resolve(args.tasks or ["rgb", "depth", "semseg"])
         if args.num_classes:
             mods = {t: m.replace(num_classes=args.num_classes) if m.kind == "labels" else m
                     for t, m in mods.items()}

@@ -1,6 +1,7 @@
 """Decoding one modality's file bytes into its native array (HOST side), per its `storage`:
-'rgb8' -> uint8 (H, W, 3); 'uint8' -> uint8 (H, W, channels); 'uint16' -> uint16 (H, W);
-'labels' -> uint8 (H, W) class ids; 'npy' -> float32 (H, W[, C])."""
+'rgb8' -> uint8 (H, W, 3); 'uint8' -> uint8 (H, W, channels); 'uint16' -> uint16 (H, W) from a
+16- or 32-bit image, never an 8-bit one; 'labels' -> uint8 (H, W) class ids; 'npy' -> float32
+(H, W[, C])."""
 import io
 
 import numpy as np
@@ -44,6 +45,14 @@ def decode(modality: Modality, data: bytes, where: str) -> np.ndarray:
         raise CorruptFileError(f"{where}: {modality.name} must be a single-channel image, got "
                                f"shape {arr.shape} (PIL mode {img.mode})")
     if modality.storage == "uint16":
+        # The official loader (utils/dataset_folder.py: MultiTaskImageFolder.__getitem__, which
+        # keeps non-RGB images in their own mode, then utils/datasets.py:
+        # DataAugmentationForMultiMAE.__call__) would take an 8-bit PNG without a word and
+        # divide it by 2**16 like a 16-bit one: depth 256 times too small, in 256 levels. Such a
+        # file is a wrong export (quantised or clipped depth), so it is refused like a corrupt one.
+        if arr.dtype.itemsize == 1:  # modes '1', 'L', 'P'
+            raise CorruptFileError(f"{where}: {modality.name} expects a 16-bit PNG, got "
+                                   f"{1 if img.mode == '1' else 8}-bit mode {img.mode}")
         if arr.dtype != np.uint16 and (arr.min() < 0 or arr.max() > 65535):
             raise CorruptFileError(f"{where}: depth values outside 16 bits (mode {img.mode})")
         return arr.astype(np.uint16)

@@ -118,8 +118,9 @@ def make_dataset(source, modalities, *, image_size: int, local_batch_size: int, 
 
     Every epoch is a fresh permutation of the whole dataset, split between processes batch by
     batch (see `_ProcessStream`); each sample's crop and flip come from (seed, its global
-    position). With `skip_corrupt`, undecodable samples are dropped (and logged) instead of
-    stopping the run. `num_workers` > 0 decodes and augments in that many worker processes.
+    position). With `skip_corrupt`, corrupt samples (see `records.decode_record`) are dropped
+    (and logged) instead of stopping the run. `num_workers` > 0 decodes and augments in that
+    many worker processes.
     """
     stream = _ProcessStream(source, seed, process_index, process_count, local_batch_size,
                             num_epochs)

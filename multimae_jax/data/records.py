@@ -17,20 +17,45 @@ from multimae_jax.data.codecs import CorruptFileError, decode
 def decode_record(record: dict, modalities, skip_corrupt: bool = False) -> dict | None:
     """{task: native array, 'label': int, 'key': str} of `modalities` (Modality objects or
     default names), or None for a corrupt sample when `skip_corrupt` (it is logged); otherwise
-    CorruptFileError naming the file."""
-    out = {"key": record["key"], "label": record["label"]}
+    CorruptFileError naming the file. Corrupt: a file that does not decode as its modality's
+    storage, modalities of different H x W, or a label outside its modality's classes."""
+    mods = resolve(modalities)
     paths = record.get("paths", {})
-    for task, mod in resolve(modalities).items():
-        value = record[task]
-        where = paths.get(task, f"{record['key']} ({task})")
-        try:
-            out[task] = decode(mod, value, where) if isinstance(value, bytes) else value
-        except CorruptFileError as e:
-            if not skip_corrupt:
-                raise
-            logging.warning("skipping corrupt sample: %s", e)
-            return None
+    where = {t: paths.get(t, f"{record['key']} ({t})") for t in mods}
+    out = {"key": record["key"], "label": record["label"]}
+    try:
+        for task, mod in mods.items():
+            value = record[task]
+            out[task] = decode(mod, value, where[task]) if isinstance(value, bytes) else value
+        _check_sample(out, mods, where)
+    except CorruptFileError as e:
+        if not skip_corrupt:
+            raise
+        logging.warning("skipping corrupt sample: %s", e)
+        return None
     return out
+
+
+def _check_sample(sample: dict, mods: dict, where: dict) -> None:
+    """CorruptFileError unless the decoded modalities share one H x W and every label lies in
+    0..num_classes-1 (one max per label map).
+
+    There is no 'ignore' label (such as 255) in pre-training: the official semseg input is an
+    nn.Embedding of exactly num_classes rows (multimae/input_adapters.py: SemSegInputAdapter;
+    run_pretraining_multimae.py: DOMAIN_CONF sets no emb_padding_idx) and its loss keeps
+    F.cross_entropy's ignore_index -100 (multimae/criterion.py: MaskedCrossEntropyLoss), which
+    no uint8 label reaches; a larger label crashes the official run without naming the file."""
+    sizes = {t: sample[t].shape[:2] for t in mods}
+    if len(set(sizes.values())) > 1:
+        raise CorruptFileError(f"{sample['key']}: modalities differ in size: " + ", ".join(
+            f"{where[t]} {h}x{w}" for t, (h, w) in sizes.items()))
+    for t, m in mods.items():
+        if m.kind != "labels" or not sample[t].size:
+            continue
+        high = int(sample[t].max())
+        if high >= m.num_classes:
+            raise CorruptFileError(f"{where[t]}: {t} label {high} >= {m.num_classes} classes "
+                                   f"(num_classes of modality '{t}')")
 
 
 def pack_record(record: dict) -> bytes:
