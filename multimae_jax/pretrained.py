@@ -43,6 +43,13 @@ def _hints_from_args(args, sd) -> dict:
     return hints
 
 
+def _existing(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    return path
+
+
 def load_pretrained(path, **model_overrides):
     """Returns (model, variables) for an official MultiMAE/MultiViT or timm ViT checkpoint
     (.pth, or an exported .safetensors / .npz), or a multimae_jax checkpoint folder, training
@@ -50,10 +57,10 @@ def load_pretrained(path, **model_overrides):
 
     `model_overrides` (num_heads, decoder_num_heads, patch_size, emb_padding_idx, main_tasks,
     hooks) fix what weights do not record; see `multimae_jax.convert.infer.infer_model`.
+    A file that cannot be read raises `CheckpointFileError` (a ValueError) naming it; pickled
+    code in a .pth is refused, never run.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+    path = _existing(path)
     if path.is_dir():
         return checkpoint_format.load_checkpoint(path)
     sd, hints = official_state_dict(path)
@@ -69,7 +76,7 @@ def finetune_init(variables: dict, path):
     """The new model's `variables` with the pre-trained checkpoint at `path` (any format that
     `load_pretrained` reads) loaded as the official fine-tuning scripts do; see
     `multimae_jax.convert.finetune`. Returns (variables, report)."""
-    path = Path(path)
+    path = _existing(path)
     if path.is_dir():
         sd = official.flax_to_official(checkpoint_format.load_checkpoint(path)[1])
     else:

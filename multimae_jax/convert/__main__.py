@@ -34,7 +34,7 @@ def main(argv=None) -> int:
             export.save_state_dict(official.flax_to_official(variables), args.out)
         else:
             checkpoint_format.save_checkpoint(model, variables, args.out)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # unreadable or mismatched weights, bad paths
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(v.size for v in jax.tree.leaves(variables.get("params", {})))

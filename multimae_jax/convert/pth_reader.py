@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from multimae_jax.convert.errors import CheckpointFileError
+
 # Storage class name -> numpy dtype of its elements ("bfloat16" is special-cased).
 _STORAGE_DTYPES = {
     "FloatStorage": "float32",
@@ -157,30 +159,39 @@ def read_pth(path) -> object:
     """Load the object saved by ``torch.save`` at ``path``, tensors as numpy arrays.
 
     ``argparse.Namespace`` entries (e.g. a checkpoint's ``args``) load as
-    ``types.SimpleNamespace``. Raises ``ValueError`` naming the file for a
-    legacy (pre-1.6) torch file, a non-checkpoint file, or a disallowed global.
+    ``types.SimpleNamespace``. Raises ``CheckpointFileError`` (one line naming the
+    file) for an empty, truncated or corrupt file, a legacy (pre-1.6) torch file
+    (never unpickled), a non-checkpoint file, or a disallowed global.
     """
     path = Path(path)
+    if path.stat().st_size == 0:
+        raise CheckpointFileError(f"{path}: empty file, expected a PyTorch checkpoint")
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(len(_LEGACY_MAGIC))
         if head == _LEGACY_MAGIC:
-            raise ValueError(
+            raise CheckpointFileError(
                 f"{path}: legacy (pre-1.6, non-zip) torch checkpoint; re-save it with "
                 "torch >= 1.6: torch.save(torch.load(p), p2)"
             )
-        raise ValueError(f"{path}: not a PyTorch checkpoint (not a zip archive)")
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise ValueError(f"{path}: not a PyTorch checkpoint (no <prefix>/data.pkl)")
-        prefix = pickles[0].split("/")[0]
-        try:
-            return _RestrictedUnpickler(archive, prefix).load()
-        except ValueError as e:  # raised by the unpickler: add the file name
-            raise ValueError(f"{path}: {e}") from None
-        except Exception as e:  # truncated pickle, missing storage, malformed calls
-            raise ValueError(f"{path}: corrupt PyTorch checkpoint: {e!r}") from e
+        raise CheckpointFileError(
+            f"{path}: not a PyTorch checkpoint (no zip archive: truncated, or another format)"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist()
+                       if n.count("/") == 1 and n.endswith("/data.pkl")]
+            if len(pickles) != 1:
+                raise CheckpointFileError(
+                    f"{path}: not a PyTorch checkpoint (no <prefix>/data.pkl)"
+                )
+            return _RestrictedUnpickler(archive, pickles[0].split("/")[0]).load()
+    except CheckpointFileError:
+        raise
+    except ValueError as e:  # raised by the unpickler: add the file name
+        raise CheckpointFileError(f"{path}: {e}") from None
+    except Exception as e:  # truncated archive or pickle, missing storage, malformed calls
+        raise CheckpointFileError(f"{path}: corrupt PyTorch checkpoint: {e!r}") from e
 
 
 def extract_state_dict(obj, path) -> dict[str, np.ndarray]:
@@ -202,7 +213,7 @@ def extract_state_dict(obj, path) -> dict[str, np.ndarray]:
         and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items())
     ):
         found = list(obj) if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
+        raise CheckpointFileError(
             f"{path}: no state_dict (flat mapping of names to tensors) found; "
             f"top-level keys: {found}"
         )
