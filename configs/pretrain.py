@@ -89,7 +89,14 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.picture_every = 2000
     c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3
+    c.train.keep_checkpoints = 3  # the newest N; at least 1
+    # True: a damaged newest checkpoint (missing or unreadable file, checksum, NaN) is reported
+    # and set aside as checkpoints/<step>.corrupt, and the run resumes from the previous one;
+    # False: stop with the report (exit code 4).
+    c.train.checkpoint_fallback = True
+    # A restart may change the global batch size only with this: the lr (blr x batch / 256),
+    # steps per epoch, total and warm-up steps are recomputed, the step counter continues.
+    c.train.allow_batch_size_change = False
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
 

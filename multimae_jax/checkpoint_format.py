@@ -5,6 +5,8 @@ multimae_jax.convert` write it; `load_pretrained` and `finetune_init` read it.
       model/model.json              the model spec (`multimae_jax.models.spec`)
       state/                        a PyTree: 'params', 'buffers' (+ 'opt_state', 'step', ... from training)
       data/                         training only: the grain iterator state
+      checksums/                    training only: a checksum per state array (integrity.py),
+                                    verified by every reader
     WORKDIR/checkpoints/<step>/   a training run's series of CKPTs (an Orbax CheckpointManager root)
 
 Orbax writes a checkpoint under a temporary name and renames it when every item is complete, so
@@ -17,9 +19,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from multimae_jax import integrity
 from multimae_jax.models import spec
 
-MODEL, STATE = "model", "state"
+MODEL, STATE, CHECKSUMS = "model", "state", "checksums"
 MODEL_FILE = "model.json"
 CHECKPOINTS = "checkpoints"  # a training workdir's CheckpointManager root
 
@@ -79,6 +82,13 @@ def find(path, step: int | None = None) -> Path:
     return root / str(step)
 
 
+def state_metadata(state_dir) -> dict:
+    """The saved state's tree of array metadata (shape, dtype), read from its _METADATA file
+    (with the item's handler: a Checkpointer would also look for, and warn about, a
+    checkpoint-level metadata file)."""
+    return ocp.handlers.StandardCheckpointHandler().metadata(Path(state_dir)).tree
+
+
 def read_state(path, abstract: dict | None = None) -> dict:
     """The `state` item of checkpoint `path` as numpy arrays: the whole tree, or only the
     subtrees of `abstract` (ShapeDtypeStructs; shapes checked). Restoring as numpy ignores the
@@ -86,12 +96,20 @@ def read_state(path, abstract: dict | None = None) -> dict:
     path = Path(path).absolute()
     tree = abstract
     if tree is None:
-        tree = ocp.PyTreeCheckpointer().metadata(path / STATE).item_metadata.tree
+        tree = state_metadata(path / STATE)
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     args = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
                                   partial_restore=abstract is not None)
     with _checkpointer() as ckptr:
-        return ckptr.restore(path, args=ocp.args.Composite(**{STATE: args}))[STATE]
+        state = ckptr.restore(path, args=ocp.args.Composite(**{STATE: args}))[STATE]
+        if (path / CHECKSUMS).is_dir():
+            saved = ckptr.restore(path, args=ocp.args.Composite(
+                **{CHECKSUMS: ocp.args.JsonRestore()}))[CHECKSUMS]
+            bad = integrity.mismatches(state, saved)
+            if bad:
+                raise ValueError(f"{path / STATE}: the checksum of {len(bad)} array(s) differs "
+                                 f"from the one saved, e.g. {bad[0]}: the checkpoint is corrupt")
+    return state
 
 
 def load_checkpoint(path):

@@ -26,6 +26,17 @@ OFFICIAL_DIR = Path(__file__).resolve().parent / "fixtures" / "official"
 
 
 @pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished run of train_helpers.FINISHED (checkpoints at steps 2, 4, 6, 8), written once
+    for the restart, checkpoint and chaos tests; they work on copies."""
+    from multimae_jax.train.loop import train
+    from train_helpers import FINISHED, small_config
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    train(small_config(**FINISHED), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def official_dir() -> Path:
     """Folder of reference checkpoints (.pth) and outputs (.npz + .json) from the official
     PyTorch MultiMAE, committed with the tests; tests/official/README.md says how to remake it."""

@@ -1,7 +1,7 @@
 """One process of a local multi-process pre-training run (driven by tests/test_multiprocess.py).
 
     python tests/multiprocess_worker.py --workdir=DIR --overrides=JSON \
-        [--coordinator=127.0.0.1:PORT --num_processes=N --process_id=I]
+        [--coordinator=127.0.0.1:PORT --num_processes=N --process_id=I] [--stop_at_step=S]
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=K and JAX_PLATFORMS=cpu in the
 environment (K local CPU devices). Without --coordinator it is a plain one-process run.
@@ -25,6 +25,7 @@ def main() -> None:
     p.add_argument("--coordinator", default="")
     p.add_argument("--num_processes", type=int, default=1)
     p.add_argument("--process_id", type=int, default=0)
+    p.add_argument("--stop_at_step", type=int, default=None)
     args = p.parse_args()
 
     if args.coordinator:
@@ -39,7 +40,7 @@ def main() -> None:
 
     config = get_config("tiny")
     config.update_from_flattened_dict(json.loads(args.overrides))
-    metrics = train(config, args.workdir)
+    metrics = train(config, args.workdir, stop_at_step=args.stop_at_step)
     print(f"process {jax.process_index()}/{jax.process_count()}, "
           f"{jax.local_device_count()}/{jax.device_count()} devices: {json.dumps(metrics)}",
           flush=True)

@@ -37,12 +37,12 @@ def write_run(workdir, model, steps) -> dict:
     state ({'step', 'params', 'buffers', 'opt_state'}) and a grain iterator; returns the
     variables saved at each step."""
     saved, data = {}, iter(grain.MapDataset.range(100).to_iter_dataset())
-    mngr = checkpoint.manager(workdir, keep=5, every=1)
+    mngr = checkpoint.manager(workdir, keep=5)
     for step in steps:
         saved[step] = random_variables(model, step)
         state = {"step": np.int32(step), **saved[step], "opt_state": {"mu": saved[step]["params"]}}
         next(data)
-        checkpoint.save(mngr, step, model, state, data, force=True)  # asynchronous
+        checkpoint.save(mngr, step, model, state, data)  # asynchronous
     mngr.wait_until_finished()
     mngr.close()
     return saved
@@ -58,7 +58,7 @@ def test_training_steps_and_exports_are_one_format(tmp_path, monkeypatch):
     model = tiny_model()
     saved = write_run("run", model, (1, 3))
     step3 = tmp_path / "run" / "checkpoints" / "3"
-    assert entries(step3) == ["data", "model", "state"]
+    assert entries(step3) == ["checksums", "data", "model", "state"]
     # the spec is committed with every step, readable without Orbax
     assert (json.loads((step3 / "model" / "model.json").read_text())
             == json.loads(json.dumps(to_spec(model))))

@@ -5,10 +5,11 @@ collectives) run a few steps of the tiny pre-training; a one-process 8-device ru
 config is the reference. Each process reads only its share of every global batch, the step's
 collectives span both processes and Orbax writes one checkpoint from both, so equal final
 parameters check the data split, the global-array assembly, the cross-process reductions and the
-multi-process checkpoint together.
+multi-process checkpoint together. The two processes stop after step 1 and resume together, so
+the lock, the collective restore and the per-process data iterators are in it too.
 
 Every run is a subprocess (tests/multiprocess_worker.py) with its own XLA_FLAGS, so the pytest
-process (8 fake devices, see conftest.py) is left alone; all three run at the same time.
+process (8 fake devices, see conftest.py) is left alone; the reference runs beside them.
 """
 from __future__ import annotations
 
@@ -145,22 +146,24 @@ def trained(tmp_path_factory):
     """Runs the reference and the two processes at the same time; returns their workdirs."""
     tmp = tmp_path_factory.mktemp("multiprocess")
     one, two = tmp / "one_process", tmp / "two_processes"
-    coordinator = f"127.0.0.1:{_free_port()}"
     runs = _Runs(tmp)
     start = time.monotonic()
     try:
         runs.start("reference", 8, one)
-        for i in range(2):
-            runs.start(f"process{i}", 4, two, f"--coordinator={coordinator}",
-                       "--num_processes=2", f"--process_id={i}")
-        runs.wait(TIMEOUT_S)
+        # the two processes stop after step 1 (as a preemption would), then resume together
+        for leg, stop in (("stopped", ("--stop_at_step=1",)), ("resumed", ())):
+            coordinator = f"127.0.0.1:{_free_port()}"
+            for i in range(2):
+                runs.start(f"process{i}_{leg}", 4, two, f"--coordinator={coordinator}",
+                           "--num_processes=2", f"--process_id={i}", *stop)
+            runs.wait(TIMEOUT_S)
     finally:
         runs.kill()
     print(f"\nthe three runs took {time.monotonic() - start:.0f} s")
     metrics = {}
     for name, expected in (("reference", "process 0/1, 8/8 devices: "),
-                           ("process0", "process 0/2, 4/8 devices: "),
-                           ("process1", "process 1/2, 4/8 devices: ")):
+                           ("process0_resumed", "process 0/2, 4/8 devices: "),
+                           ("process1_resumed", "process 1/2, 4/8 devices: ")):
         out = runs.output(name)
         assert expected in out, out
         metrics[name] = json.loads(out.split(expected, 1)[1].splitlines()[0])

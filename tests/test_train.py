@@ -15,11 +15,11 @@ from flax import traverse_util
 import multimae_jax as mm
 from multimae_jax.train import sharding
 from multimae_jax.train.checkpoint import restore_state_only
-from multimae_jax.train.loop import NonFiniteError, train
+from multimae_jax.train.loop import train
 from multimae_jax.train.optimizer import decay_mask
 from multimae_jax.train.step import PretrainStep
 from multimae_jax.train.validate import ConfigError
-from train_helpers import host_batch, small_config
+from train_helpers import FINISHED, host_batch, small_config
 from xla_flags import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,45 +105,34 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients():
         np.testing.assert_allclose(got[path], value, atol=1e-6, rtol=1e-4, err_msg="/".join(path))
 
 
-def test_interrupted_and_resumed_run_equals_a_straight_run(tmp_path, monkeypatch):
-    """Stopped twice, by `stop_at_step` and by a SIGTERM (as a preemption), then resumed."""
-    config = small_config(**{"train.num_steps": 6, "train.checkpoint_every": 100})
-    train(config, tmp_path / "straight")
-    train(config, tmp_path / "resumed", stop_at_step=2)
-    assert restore_state_only(tmp_path / "resumed")[0] == 2
+def test_interrupted_and_resumed_run_equals_a_straight_run(finished_run, tmp_path, monkeypatch):
+    """Stopped twice, by `stop_at_step` and by a SIGTERM (as a preemption), then resumed; the
+    straight run is conftest.py's finished_run."""
+    config = small_config(**FINISHED)
+    result = train(config, tmp_path / "resumed", stop_at_step=3)
+    assert result["stopped"] == "stop_at_step" and restore_state_only(tmp_path / "resumed")[0] == 3
 
     from multimae_jax.train import loop
     real_global_batch, batches = loop.global_batch, []
 
-    def terminated_while_fetching_step_4(*args):
+    def terminated_while_fetching_step_5(*args):
         batches.append(None)
-        if len(batches) == 2:  # resumed at step 3, so the second batch is step 4's
+        if len(batches) == 2:  # resumed at step 4, so the second batch is step 5's
             os.kill(os.getpid(), signal.SIGTERM)
         return real_global_batch(*args)
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(loop, "global_batch", terminated_while_fetching_step_4)
-    train(config, tmp_path / "resumed")  # returns normally after saving step 4
+    monkeypatch.setattr(loop, "global_batch", terminated_while_fetching_step_5)
+    assert train(config, tmp_path / "resumed")["stopped"] == "SIGTERM"  # saved step 5
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGTERM) is before  # train() put the handlers back
-    assert restore_state_only(tmp_path / "resumed")[0] == 4
+    assert restore_state_only(tmp_path / "resumed")[0] == 5
 
-    train(config, tmp_path / "resumed")
-    (s1, a), (s2, b) = restore_state_only(tmp_path / "straight"), restore_state_only(tmp_path / "resumed")
-    assert s1 == s2 == 6
+    assert "stopped" not in train(config, tmp_path / "resumed")
+    (s1, a), (s2, b) = restore_state_only(finished_run), restore_state_only(tmp_path / "resumed")
+    assert s1 == s2 == 8
     jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
     jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
-
-
-def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    from multimae_jax.train import step as step_module
-    real = step_module.losses.pretraining_losses
-    monkeypatch.setattr(step_module.losses, "pretraining_losses",
-                        lambda *a, **k: {t: v * np.nan for t, v in real(*a, **k).items()})
-    config = small_config(**{"train.num_steps": 10, "train.max_nonfinite_steps": 3})
-    with pytest.raises(NonFiniteError, match="3 steps in a row"):
-        train(config, tmp_path)
-    assert restore_state_only(tmp_path) is None  # nothing non-finite was ever saved
 
 
 @pytest.mark.parametrize("override,field", [
@@ -151,6 +140,34 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     ({"model.input_tasks": ("rgb", "normals")}, "config.model.input_tasks: unknown modality 'normals'"),
     ({"data.global_batch_size": 12}, "config.data.global_batch_size=12"),
     ({"data.path": "/no/such/dataset"}, "config.data.path=/no/such/dataset"),
+    ({"data.global_batch_size": 0}, "config.data.global_batch_size=0: must be >= 1"),
+    ({"train.grad_accum_steps": 0}, "config.train.grad_accum_steps=0: must be >= 1"),
+    ({"train.checkpoint_every": 0}, "config.train.checkpoint_every=0: must be >= 1"),
+    ({"train.log_every": 0}, "config.train.log_every=0: must be >= 1"),
+    ({"train.picture_every": 0}, "config.train.picture_every=0: must be >= 1"),
+    ({"train.keep_checkpoints": 0}, "config.train.keep_checkpoints=0: must be >= 1"),
+    ({"train.max_nonfinite_steps": 0}, "config.train.max_nonfinite_steps=0: must be >= 1"),
+    ({"train.num_steps": -1, "train.epochs": 0}, "config.train.num_steps=-1: with"),
+    ({"data.synthetic_samples": 0}, "config.data.synthetic_samples=0: must be >= 1"),
+    ({"data.num_workers": -1}, "config.data.num_workers=-1: must be"),
+    ({"data.hflip": 2.0}, "config.data.hflip=2.0: must be in [0, 1]"),
+    ({"masking.alphas": -1.0}, "config.masking.alphas=-1.0: must be finite and > 0"),
+    ({"masking": {"num_encoded_tokens": 6, "alphas": (1.0, 2.0), "sample_tasks_uniformly": False}},
+     "config.masking.alphas=(1.0, 2.0): expected one value, or one per input task"),
+    ({"model.patch_size": 0}, "config.model.patch_size=0: must be >= 1"),
+    ({"modalities.semseg.stride_level": 32}, "config.modalities.semseg.stride_level=32: must"),
+    ({"modalities.semseg.stride_level": 3}, "config.modalities.semseg.stride_level=3: must divide"),
+    ({"model.decoder_num_heads": 3}, "config.model.decoder_num_heads=3: must divide"),
+    ({"model.overrides.num_heads": 5}, "config.model.overrides: num_heads=5"),
+    ({"model.drop_path_rate": 1.0}, "config.model.drop_path_rate=1.0: must be in [0, 1)"),
+    ({"mesh.data": 3}, "config.mesh: {'data': 3, 'fsdp': 1} needs 3 devices, there are 8"),
+    ({"mesh.fsdp": 0}, "config.mesh.fsdp=0: must be >= 1, or -1"),
+    ({"optimizer.blr": float("nan")}, "config.optimizer.blr=nan: must be finite and > 0"),
+    ({"optimizer.min_lr": -1e-6}, "config.optimizer.min_lr=-1e-06: must be finite and >= 0"),
+    ({"optimizer.b2": 1.0}, "config.optimizer.b2=1.0: must be in [0, 1)"),
+    ({"optimizer.eps": 0.0}, "config.optimizer.eps=0.0: must be finite and > 0"),
+    ({"optimizer.weight_decay": -0.05}, "config.optimizer.weight_decay=-0.05: must be"),
+    ({"optimizer.warmup_epochs": -1.0}, "config.optimizer.warmup_epochs=-1.0: must be"),
 ])
 def test_bad_configs_stop_before_compiling(tmp_path, override, field):
     with pytest.raises(ConfigError) as err:

@@ -1,4 +1,8 @@
-"""A very small pre-training config for tests, and host batches in the pipeline's layout."""
+"""A very small pre-training config for tests, host batches in the pipeline's layout, and the
+environment of test subprocesses."""
+import os
+
+import jax
 import numpy as np
 
 from configs.pretrain import get_config
@@ -20,6 +24,11 @@ SMALL = {
 }
 
 
+# A finished run as the restart and checkpoint tests start from (conftest.py: finished_run):
+# checkpoints at steps 2, 4, 6 and 8.
+FINISHED = {"train.num_steps": 8, "train.keep_checkpoints": 4}
+
+
 def small_config(**overrides):
     """`SMALL` on the tiny variant; `overrides` as {'train.num_steps': 4, ...}."""
     c = get_config("tiny")
@@ -34,3 +43,10 @@ def host_batch(config, seed=0):
     return {"rgb": r.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
             "depth": r.integers(1000, 60000, (b, s, s, 1), dtype=np.int32),
             "semseg": r.integers(0, 8, (b, s // 4, s // 4), dtype=np.uint8)}
+
+
+def subprocess_env() -> dict:
+    """This test process's environment plus its compilation cache (conftest.py), for
+    subprocesses that run the same programs (same XLA_FLAGS): they skip most compiling."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}

@@ -1,12 +1,12 @@
 """The pre-training loop: data -> sharded jitted steps -> metrics, pictures, checkpoints.
 
-Resumes from the latest checkpoint in the workdir (train state and data iterator, so a resumed
-run ends exactly where an uninterrupted one does). SIGTERM / SIGINT save a checkpoint and stop
-cleanly: after the current step in one process, at the next log or checkpoint step in several
-(see `_stop_agreed`). Too many non-finite steps in a row stop the run without saving, so the last good
-checkpoint stays the latest.
+Resumes from the newest checkpoint in the workdir that restores and verifies (train state and
+data iterator, so a resumed run ends exactly where an uninterrupted one does), falling back to
+older ones past a damaged one (`checkpoint.restore_latest`). SIGTERM / SIGINT save a checkpoint
+and stop cleanly: after the current step in one process, at the next log or checkpoint step in
+several (see `_stop_agreed`). Too many non-finite steps in a row stop the run without saving, so
+the last good checkpoint stays the latest; a failed save stops the run at once.
 """
-import json
 import platform
 import signal
 import time
@@ -18,19 +18,21 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from multimae_jax import checkpoint_format as fmt
+from multimae_jax import integrity
 from multimae_jax.data.pipeline import global_batch, make_dataset, make_source
 from multimae_jax.train import checkpoint, sharding
+from multimae_jax.train import workdir as workdir_lib
 from multimae_jax.train.optimizer import scaled_lr, warmup_steps
-from multimae_jax.train.step import PretrainStep, config_modalities
+from multimae_jax.train.step import TRAINABLE, PretrainStep, config_modalities
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import reconstruction_grid, save_png
 
-RUN_INFO = "run_info.json"  # devices and package versions of a training run
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "multimae-jax")
 
 
 class NonFiniteError(RuntimeError):
-    pass
+    """The run stopped on non-finite steps; nothing non-finite was saved."""
 
 
 def _versions() -> dict:
@@ -43,11 +45,10 @@ def _versions() -> dict:
     return out
 
 
-def _write_run_info(workdir: Path, config) -> None:
-    info = {"devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
+def _run_info() -> dict:
+    """Devices, processes and package versions of this run (WORKDIR/run_info.json)."""
+    return {"devices": [str(d) for d in jax.devices()], "process_count": jax.process_count(),
             "versions": _versions()}
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=1))
-    (workdir / RUN_INFO).write_text(json.dumps(info, indent=1, default=str))
 
 
 def _schedule_figures(config, num_samples: int) -> dict:
@@ -76,14 +77,16 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def _stop_agreed(requested: bool, sync_step: bool) -> bool:
-    """Whether to stop after this step. One process stops at once. Several must stop after the
-    same step (checkpoint saves are collective), so they need a cross-process gather; one on
-    every step would block asynchronous dispatch, so they agree only at `sync_step`s (log and
-    checkpoint steps): a signal stops a multi-process run up to `train.log_every` steps late."""
+def _stop_agreed(requested: int, sync_step: bool) -> int:
+    """Whether (and why: the largest code any process requests, e.g. 1 a signal, 2 a failed
+    save) to stop after this step; 0 goes on. One process stops at once. Several must stop
+    after the same step (checkpoint saves are collective), so they need a cross-process gather;
+    one on every step would block asynchronous dispatch, so they agree only at `sync_step`s
+    (log and checkpoint steps): a signal stops a multi-process run up to `train.log_every`
+    steps late."""
     if jax.process_count() == 1:
-        return requested
-    return sync_step and bool(multihost_utils.process_allgather(np.int32(requested)).max())
+        return int(requested)
+    return int(multihost_utils.process_allgather(np.int32(requested)).max()) if sync_step else 0
 
 
 def _format(metrics: dict) -> str:
@@ -92,14 +95,63 @@ def _format(metrics: dict) -> str:
             f"grad norm {metrics['grad_norm']:.3f}")
 
 
+def _finite_or_raise(state, step: int, mngr) -> None:
+    """Never checkpoint a non-finite state (the step's guard should make this unreachable)."""
+    bad = integrity.non_finite({k: state[k] for k in TRAINABLE + ("opt_state",) if k in state})
+    if bad:
+        raise NonFiniteError(f"step {step}: {len(bad)} state array(s) hold NaN or inf, e.g. "
+                             f"{bad[0]}; not saving it, the last good checkpoint is step "
+                             f"{mngr.latest_step()}")
+
+
+def _save_error(mngr, step: int):
+    """Waits for the save of `step`; CheckpointSaveError if it failed, else None. (Orbax's
+    `check_for_errors` misses failed saves: the failure is held by its finalize thread, which
+    `wait_until_finished` joins and re-raises.)"""
+    try:
+        mngr.wait_until_finished()
+    except Exception as e:  # whatever the writer raised: OSError, TensorStore's ValueError...
+        return checkpoint.CheckpointSaveError(
+            f"saving checkpoint step {step} failed: {checkpoint.first_line(e)}; the last good "
+            f"checkpoint is step {mngr.latest_step()}")
+    return None
+
+
+def _restart_notes(config, changes: dict, num_samples: int, start: int) -> list[str]:
+    """What a restart with accepted config changes does, for the log."""
+    notes = ["config changed since the last run: " + ", ".join(
+        f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())] if changes else []
+    if workdir_lib.BATCH in changes:
+        before = config.copy_and_resolve_references()
+        before.data.global_batch_size = changes[workdir_lib.BATCH][0]
+        a, b = _schedule_figures(before, num_samples), _schedule_figures(config, num_samples)
+        notes.append(
+            f"global batch {before.data.global_batch_size} -> {config.data.global_batch_size} "
+            f"(train.allow_batch_size_change): lr {a['lr']:.3e} -> {b['lr']:.3e}, steps/epoch "
+            f"{a['steps_per_epoch']} -> {b['steps_per_epoch']}, total steps {a['total_steps']} "
+            f"-> {b['total_steps']}, warm-up {a['warmup_steps']} -> {b['warmup_steps']} steps; "
+            f"the schedules continue from step {start} on the new figures")
+    return notes
+
+
 def train(config, workdir, stop_at_step: int | None = None) -> dict:
-    """Runs (or resumes) pre-training; returns the last logged metrics.
+    """Runs (or resumes) pre-training; returns the last logged metrics, with 'stopped' set to
+    the signal's name (or 'stop_at_step') when the run stopped before its last step.
 
     `stop_at_step` ends the run after that step with a checkpoint, as a preemption would (for
-    time-sliced jobs); the next call resumes from it.
+    time-sliced jobs); the next call resumes from it. Nothing in `workdir` changes before the
+    restore has succeeded; a second run on the same workdir is refused (WorkdirError).
     """
     workdir = Path(workdir)
     validate(config, jax.device_count(), jax.process_count())
+    changes = {}
+    if fmt.latest_step(workdir.absolute() / fmt.CHECKPOINTS) is not None:
+        changes = workdir_lib.check_restart(workdir, config, jax.process_count())
+    with workdir_lib.WorkdirLock(workdir), checkpoint.quiet_failed_writes():
+        return _train(config, workdir, changes, stop_at_step)
+
+
+def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> dict:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     _, outputs, data_mods = config_modalities(config)
     tasks = tuple(data_mods)
@@ -111,32 +163,37 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
     fig = _schedule_figures(config, len(source))
     gb, is_main = config.data.global_batch_size, jax.process_index() == 0
     runner = PretrainStep(config, mesh, fig["total_steps"], fig["warmup_steps"], fig["lr"])
-    if is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_run_info(workdir, config)
+    dataset = make_dataset(source, tuple(data_mods.values()), image_size=config.model.image_size,
+                           local_batch_size=gb // jax.process_count(), seed=config.seed,
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           num_workers=config.data.num_workers,
+                           skip_corrupt=config.data.skip_corrupt, hflip=config.data.hflip)
+    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            runner.abstract_state, runner.state_sharding)
+    try:
+        restored = checkpoint.restore_latest(mngr, abstract, lambda: iter(dataset),
+                                             fallback=config.train.checkpoint_fallback)
+    except BaseException:
+        mngr.close()
+        raise
+    if restored is None:
+        start, state, data_iter = 0, runner.init(runner.key), iter(dataset)
+    else:
+        start, state, data_iter = restored
+
+    if is_main:  # the restore succeeded: now the workdir may describe this run
+        workdir_lib.record_run(workdir, config, _run_info(), start)
         print(f"data: {source!r}\nmodel: {runner.num_params:,} trainable parameters, mesh "
               f"{dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s) in {jax.process_count()} process(es)\n"
               f"global batch {gb}, {fig['steps_per_epoch']} steps/epoch, {fig['total_steps']} "
               f"steps, warm-up {fig['warmup_steps']} steps, lr {fig['lr']:.3e} "
               f"(blr {config.optimizer.blr} x {gb} / 256)", flush=True)
-
-    dataset = make_dataset(source, tuple(data_mods.values()), image_size=config.model.image_size,
-                           local_batch_size=gb // jax.process_count(), seed=config.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count(),
-                           num_workers=config.data.num_workers,
-                           skip_corrupt=config.data.skip_corrupt, hflip=config.data.hflip)
-    data_iter = iter(dataset)
-    mngr = checkpoint.manager(workdir, config.train.keep_checkpoints, config.train.checkpoint_every)
-    start = mngr.latest_step()
-    if start is not None:
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                runner.abstract_state, runner.state_sharding)
-        state = checkpoint.restore(mngr, start, abstract, data_iter)
-        if is_main:
+        for note in _restart_notes(config, changes, len(source), start):
+            print(note, flush=True)
+        if restored is not None:
             print(f"resumed from step {start} ({mngr.directory})", flush=True)
-    else:
-        start, state = 0, runner.init(runner.key)
 
     writer = None
     if is_main:
@@ -144,9 +201,10 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
         writer = SummaryWriter(str(workdir / "tensorboard"))
     stop = _StopRequest()
     total, last = fig["total_steps"], {}
+    every = config.train.checkpoint_every
     bar = tqdm(total=total, initial=start, unit="step", disable=not is_main, dynamic_ncols=True)
     tick, images_since = time.perf_counter(), 0
-    step = start
+    step, saving = start, None  # `saving`: the step of the latest save started
     try:
         while step < total:
             local = next(data_iter)
@@ -155,6 +213,7 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
             step += 1
             images_since += gb
             bar.update()
+            streak = None
             if step % config.train.log_every == 0 or step == total:
                 fetched, counters = jax.device_get(  # one transfer for everything logged
                     (metrics, {k: state[k] for k in ("nonfinite_streak", "skipped",
@@ -176,10 +235,10 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
                         writer.add_scalar(k, v, step)
                 if streak >= config.train.max_nonfinite_steps:
                     raise NonFiniteError(
-                        f"{streak} steps in a row with a non-finite loss or gradient (limit "
-                        f"config.train.max_nonfinite_steps={config.train.max_nonfinite_steps}); "
-                        f"stopping without saving, the last good checkpoint is step "
-                        f"{mngr.latest_step()}")
+                        f"{streak} steps in a row with a non-finite loss, gradient or update "
+                        f"(limit config.train.max_nonfinite_steps="
+                        f"{config.train.max_nonfinite_steps}); stopping without saving, the "
+                        f"last good checkpoint is step {mngr.latest_step()}")
             if step % config.train.picture_every == 0:
                 pictures = jax.device_get(runner.predict(state, batch, min(4, gb)))
                 if is_main:
@@ -187,25 +246,58 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
                                                patch_size=config.model.patch_size)
                     save_png(grid, workdir / "pictures" / f"step_{step:07d}.png")
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
-            due = mngr.should_save(step) or step == total
-            stopping = (_stop_agreed(bool(stop.signal), due or step % config.train.log_every == 0)
-                        or step == stop_at_step)
+            due = step % every == 0 or step == total
+            sync = due or step % config.train.log_every == 0
+            failed = None
+            if saving is not None and not mngr.is_saving_in_progress():  # finished: ok?
+                failed, saving = _save_error(mngr, saving), None
+            code = _stop_agreed(2 if failed else int(bool(stop.signal)), sync)
+            if code == 2:
+                raise failed or checkpoint.CheckpointSaveError(
+                    f"a checkpoint save failed in another process (see its log); "
+                    f"the last good checkpoint is step {mngr.latest_step()}")
+            stopping = bool(code) or step == stop_at_step
             if due or stopping:
-                # never checkpoint a state that is in a run of non-finite steps
-                if int(state["nonfinite_streak"]) == 0:
-                    checkpoint.save(mngr, step, runner.model, state, data_iter, force=True)
+                if saving is not None:  # Orbax would wait for it anyway: surface its error
+                    failed, saving = _save_error(mngr, saving), None
+                    if failed:
+                        raise failed
+                streak = int(state["nonfinite_streak"]) if streak is None else streak
+                if streak == 0:  # a state inside a run of non-finite steps is never saved
+                    _finite_or_raise(state, step, mngr)
+                    checkpoint.save(mngr, step, runner.model, state, data_iter)
+                    saving = step
+                elif step == total:
+                    raise NonFiniteError(
+                        f"the run ended in {streak} non-finite step(s); not saving, the last "
+                        f"good checkpoint is step {mngr.latest_step()}")
             if stopping:
+                last["stopped"] = stop.signal or "stop_at_step"
                 if is_main:
-                    tqdm.write(f"{stop.signal or 'stop_at_step'}: saved step {step}, stopping")
+                    tqdm.write(f"{last['stopped']}: saved step {step}, stopping")
                 break
+        failed = _save_error(mngr, saving) if saving is not None else None
+        if failed:
+            raise failed
     finally:
         stop.restore()
         bar.close()
-        mngr.wait_until_finished()
-        mngr.close()
+        _close_quietly(mngr)
         if writer is not None:
             writer.close()
     return last
+
+
+def _close_quietly(mngr) -> None:
+    """Closes the manager; a save error it re-raises was reported already (or is being)."""
+    try:
+        mngr.wait_until_finished()
+    except Exception:
+        pass
+    try:
+        mngr.close()
+    except Exception:
+        pass
 
 
 __all__ = ["train", "ConfigError", "NonFiniteError"]

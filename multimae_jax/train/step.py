@@ -5,8 +5,9 @@ State: {'step', 'params', 'buffers', 'opt_state', 'nonfinite_streak', 'skipped',
 'params' are the model's only, as the checkpoint loaders read them. The step draws the masks
 inside from fold_in(seed key, step), so token counts stay static; it computes the official
 losses in float32 whatever the compute dtype, accumulates gradients over micro-batches, clips
-them (optimizer.clip_grad), and skips (and counts) any update whose loss or gradient is not
-finite ('skipped') or whose gradient norm reaches optimizer.skip_grad ('skipped_grad_norm').
+them (optimizer.clip_grad), and skips (and counts) any update whose loss, gradient, new
+parameters or new optimizer state are not finite ('skipped'; a NaN lr shows only in the last
+two) or whose gradient norm reaches optimizer.skip_grad ('skipped_grad_norm').
 The step counter, and with it the lr and weight-decay schedules, advances either way.
 """
 import math
@@ -16,13 +17,12 @@ import jax.numpy as jnp
 import flax.linen as nn
 import optax
 
-from multimae_jax import losses, modalities
+from multimae_jax import integrity, losses, modalities
 from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.layers import BATCH
 from multimae_jax.models.presets import pretrain_multimae
 from multimae_jax.models.spec import example_inputs
-from multimae_jax.train import sharding
-from multimae_jax.train import task_balancing
+from multimae_jax.train import sharding, task_balancing
 from multimae_jax.train.optimizer import (clip_by_total_norm, make_optimizer, warmup_cosine,
                                           weight_decay_schedule)
 
@@ -141,19 +141,20 @@ class PretrainStep:
         grad_norm = optax.tree.norm(grads["params"])
         others = {k: v for k, v in grads.items() if k != "params"}
         finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-                  & jnp.isfinite(optax.tree.norm(others)))
+                  & jnp.isfinite(optax.tree.norm(others)))  # and the new state, below
         too_large = jnp.zeros((), bool)
         if o.clip_grad is not None:
             grads = {**grads, "params": clip_by_total_norm(grads["params"], o.clip_grad, grad_norm)}
         elif o.skip_grad is not None:  # official: skip_grad only without clip_grad
             too_large = grad_norm >= o.skip_grad
-        apply = finite & ~too_large
         # lr and weight decay follow the global step, which advances on every iteration;
         # a skipped update keeps the old optimizer state and so Adam's count (torch's
         # GradScaler / skip_grad never call optimizer.step())
         updates, opt_state = self.tx.update(grads, state["opt_state"], trainable,
                                             step=state["step"])
         new = optax.apply_updates(trainable, updates)
+        finite = finite & integrity.all_finite((new, opt_state))
+        apply = finite & ~too_large
         keep = lambda new, old: jax.tree.map(lambda n, p: jnp.where(apply, n, p), new, old)
         new_state = {
             "step": state["step"] + 1, "buffers": state["buffers"], **keep(new, trainable),

@@ -1,10 +1,14 @@
 """Configuration checks that run before anything is compiled; each error is one line naming
 the config field."""
+import functools
+import math
 import os
 import re
 
 from multimae_jax import modalities
+from multimae_jax.models import presets
 from multimae_jax.models.input_adapters import patch_dims
+from multimae_jax.train import sharding
 from multimae_jax.train.step import DTYPES, config_modalities
 from multimae_jax.train.task_balancing import BALANCERS
 
@@ -13,7 +17,54 @@ class ConfigError(ValueError):
     pass
 
 
+# (test, rule) pairs for single numeric fields; NaN fails every test.
+_AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
+_NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
+_POSITIVE = (lambda v: math.isfinite(v) and v > 0, "finite and > 0")
+_BELOW_ONE = (lambda v: 0 <= v < 1, "in [0, 1)")
+_RANGES = {
+    "model.image_size": _AT_LEAST_ONE,
+    "model.patch_size": _AT_LEAST_ONE,
+    "model.decoder_dim": _AT_LEAST_ONE,
+    "model.decoder_depth": _NON_NEGATIVE,
+    "model.decoder_num_heads": _AT_LEAST_ONE,
+    "model.num_global_tokens": _NON_NEGATIVE,
+    "model.drop_path_rate": _BELOW_ONE,
+    "data.global_batch_size": _AT_LEAST_ONE,
+    "data.num_workers": _NON_NEGATIVE,
+    "data.hflip": (lambda v: 0 <= v <= 1, "in [0, 1] (a flip probability)"),
+    "train.grad_accum_steps": _AT_LEAST_ONE,
+    "train.log_every": _AT_LEAST_ONE,
+    "train.picture_every": _AT_LEAST_ONE,
+    "train.checkpoint_every": _AT_LEAST_ONE,
+    "train.keep_checkpoints": (lambda v: v >= 1,
+                               ">= 1 (Orbax's max_to_keep; 0 would keep nothing)"),
+    "train.max_nonfinite_steps": _AT_LEAST_ONE,
+    "optimizer.blr": _POSITIVE,
+    "optimizer.min_lr": _NON_NEGATIVE,
+    "optimizer.warmup_epochs": _NON_NEGATIVE,
+    "optimizer.b1": _BELOW_ONE,
+    "optimizer.b2": _BELOW_ONE,
+    "optimizer.eps": _POSITIVE,
+    "optimizer.weight_decay": _NON_NEGATIVE,
+}
+
+
 def validate(config, num_devices: int, num_processes: int) -> None:
+    ins, outs = _validate_tasks(config)
+    _validate_ranges(config)
+    _validate_patches(config, {**ins, **outs})
+    _validate_heads(config)
+    _validate_masking(config)
+    _validate_mesh(config, num_devices)
+    _validate_batch(config, num_devices, num_processes)
+    _validate_data(config)
+    _validate_train(config)
+    _validate_optimizer(config)
+
+
+def _validate_tasks(config) -> tuple[dict, dict]:
+    """({name: Modality} of the inputs, of the outputs), every name known."""
     mc = config.model
     try:
         registry = modalities.with_overrides(config.modalities.to_dict())
@@ -25,18 +76,84 @@ def validate(config, num_devices: int, num_processes: int) -> None:
                 raise ConfigError(f"config.model.{field}: unknown modality '{task}' (known: "
                                   f"{sorted(registry)}; define new ones in config.modalities)")
     try:
-        config_modalities(config)
+        ins, outs, _ = config_modalities(config)
     except ValueError as e:
         raise ConfigError(f"config.model.output_tasks: {e}") from None
-    ph, pw = patch_dims(mc.patch_size, 1)
-    if mc.image_size % ph or mc.image_size % pw:
+    return ins, outs
+
+
+def _validate_ranges(config) -> None:
+    for field, (test, rule) in _RANGES.items():
+        value = functools.reduce(lambda c, key: c[key], field.split("."), config)
+        if not test(value):
+            raise ConfigError(f"config.{field}={value}: must be {rule}")
+
+
+def _validate_patches(config, mods: dict) -> None:
+    """Every task's tokens must tile the same (image_size / patch_size)^2 grid: the encoder
+    concatenates them and each decoder reads them on that grid. A task at 1/s resolution uses
+    patches of patch_size // s (input_adapters.patch_dims), so s must divide the patch size (and
+    then divides the image size too)."""
+    mc = config.model
+    if mc.image_size % mc.patch_size:
         raise ConfigError(f"config.model.image_size={mc.image_size}: not a multiple of the "
                           f"patch size {mc.patch_size}")
-    total = len(mc.input_tasks) * (mc.image_size // ph) * (mc.image_size // pw)  # every task alike
-    k = config.masking.num_encoded_tokens
+    for name, m in mods.items():
+        s = m.stride_level
+        if s < 1 or s * patch_dims(mc.patch_size, s)[0] != mc.patch_size:
+            raise ConfigError(f"config.modalities.{name}.stride_level={s}: must divide "
+                              f"config.model.patch_size={mc.patch_size}, so that a {name} token "
+                              f"covers the same {mc.patch_size}px patch as the other tasks'")
+
+
+def _validate_heads(config) -> None:
+    mc = config.model
+    if mc.decoder_dim % mc.decoder_num_heads:
+        raise ConfigError(f"config.model.decoder_num_heads={mc.decoder_num_heads}: must divide "
+                          f"config.model.decoder_dim={mc.decoder_dim}")
+    try:
+        encoder = presets.vit_preset(mc.size) | mc.overrides.to_dict()
+    except ValueError as e:
+        raise ConfigError(f"config.model.size={mc.size}: {e}") from None
+    dim, heads = encoder["dim_tokens"], encoder["num_heads"]
+    if heads < 1 or dim % heads:
+        raise ConfigError(f"config.model.overrides: num_heads={heads} must divide "
+                          f"dim_tokens={dim} (model.size={mc.size} and its overrides)")
+
+
+def _validate_masking(config) -> None:
+    mc, masking = config.model, config.masking
+    tokens_per_task = (mc.image_size // mc.patch_size) ** 2
+    total = len(mc.input_tasks) * tokens_per_task
+    k = masking.num_encoded_tokens
     if not 0 < k <= total:
         raise ConfigError(f"config.masking.num_encoded_tokens={k}: must be in [1, {total}] (the "
                           f"tokens of {list(mc.input_tasks)} at {mc.image_size}px)")
+    alphas = masking.alphas
+    values = tuple(alphas) if isinstance(alphas, (tuple, list)) else (alphas,)
+    if isinstance(alphas, (tuple, list)) and len(values) != len(mc.input_tasks):
+        raise ConfigError(f"config.masking.alphas={alphas}: expected one value, or one per "
+                          f"input task {list(mc.input_tasks)}")
+    if not all(isinstance(a, (int, float)) and math.isfinite(a) and a > 0 for a in values):
+        raise ConfigError(f"config.masking.alphas={alphas}: must be finite and > 0 (Dirichlet "
+                          f"concentrations of the per-task token shares)")
+
+
+def _validate_mesh(config, num_devices: int) -> None:
+    spec = config.mesh.to_dict()
+    for axis, size in spec.items():
+        if axis not in sharding.AXES:
+            raise ConfigError(f"config.mesh.{axis}: unknown axis (known: {list(sharding.AXES)})")
+        if not (size == -1 or size >= 1):
+            raise ConfigError(f"config.mesh.{axis}={size}: must be >= 1, or -1 for the "
+                              f"remaining devices")
+    try:
+        sharding.mesh_shape(spec, num_devices)
+    except ValueError as e:  # messages start with "config.mesh:" and give the device count
+        raise ConfigError(str(e)) from None
+
+
+def _validate_batch(config, num_devices: int, num_processes: int) -> None:
     gb, accum = config.data.global_batch_size, config.train.grad_accum_steps
     if gb % num_devices:
         raise ConfigError(f"config.data.global_batch_size={gb}: not divisible by the "
@@ -44,14 +161,30 @@ def validate(config, num_devices: int, num_processes: int) -> None:
     if gb % (accum * num_processes) or (gb // accum) % num_devices:
         raise ConfigError(f"config.train.grad_accum_steps={accum}: the global batch {gb} must split "
                           f"into {accum} micro-batches divisible by {num_devices} devices")
+
+
+def _validate_data(config) -> None:
     path = config.data.path
+    if not path and config.data.synthetic_samples < 1:
+        raise ConfigError(f"config.data.synthetic_samples={config.data.synthetic_samples}: must "
+                          f"be >= 1 when config.data.path is empty (synthetic scenes)")
     if path and not path.startswith("tfds:") and not os.path.exists(path):
         raise ConfigError(f"config.data.path={path}: does not exist")
+
+
+def _validate_train(config) -> None:
+    t = config.train
+    if t.num_steps <= 0 and t.epochs <= 0:
+        raise ConfigError(f"config.train.num_steps={t.num_steps}: with config.train.epochs="
+                          f"{t.epochs} there is nothing to train; set one of them > 0 "
+                          f"(num_steps > 0 overrides epochs)")
     for field in ("compute_dtype", "residual_dtype"):
-        if config.train[field] not in DTYPES:
-            raise ConfigError(f"config.train.{field}={config.train[field]}: "
+        if t[field] not in DTYPES:
+            raise ConfigError(f"config.train.{field}={t[field]}: "
                               f"expected one of {sorted(DTYPES)}")
-    _validate_optimizer(config)
+    if t.task_balancer not in BALANCERS:
+        raise ConfigError(f"config.train.task_balancer={t.task_balancer}: expected "
+                          f"one of {list(BALANCERS)}")
 
 
 def _validate_optimizer(config) -> None:
@@ -69,9 +202,6 @@ def _validate_optimizer(config) -> None:
         # run_pretraining_multimae.py schedules only param groups whose weight_decay is > 0
         raise ConfigError(f"config.optimizer.weight_decay_end={o.weight_decay_end}: has no "
                           f"effect with config.optimizer.weight_decay=0 (official); set it to None")
-    if config.train.task_balancer not in BALANCERS:
-        raise ConfigError(f"config.train.task_balancer={config.train.task_balancer}: expected "
-                          f"one of {list(BALANCERS)}")
     for rule in o.lr_mults:
         if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
                 and isinstance(rule[1], (int, float))):
