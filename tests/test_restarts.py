@@ -58,8 +58,10 @@ def test_a_restart_with_another_process_count_is_refused(finished_run, tmp_path)
 
 
 def test_a_changed_batch_size_needs_the_switch_and_is_explained(finished_run, tmp_path, capsys):
+    """At the finished run's last step, so that the accepted restart trains nothing (and
+    compiles nothing) after reporting."""
     workdir = copy_run(finished_run, tmp_path)
-    bigger = {**FINISHED, "train.num_steps": 10, "data.global_batch_size": 16}
+    bigger = {**FINISHED, "data.global_batch_size": 16}
     with pytest.raises(WorkdirError, match="config.data.global_batch_size=16: .* trained with 8"):
         train(small_config(**bigger), workdir)
     old_config = (workdir / "config.json").read_text()
@@ -67,7 +69,7 @@ def test_a_changed_batch_size_needs_the_switch_and_is_explained(finished_run, tm
     out = capsys.readouterr().out
     # 64 samples: 8 -> 4 steps per epoch; warm-up 0.25 epoch: 2 -> 1 step; lr x 2
     assert ("global batch 8 -> 16 (train.allow_batch_size_change): lr 4.688e-05 -> 9.375e-05, "
-            "steps/epoch 8 -> 4, total steps 10 -> 10, warm-up 2 -> 1 steps") in out
+            "steps/epoch 8 -> 4, total steps 8 -> 8, warm-up 2 -> 1 steps") in out
     assert "resumed from step 8" in out
     # the description of the earlier checkpoints is kept
     assert (workdir / "history" / "config.json.before_step_8").read_text() == old_config
