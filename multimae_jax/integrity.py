@@ -13,6 +13,11 @@ import numpy as np
 _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 
+def path_name(path) -> str:
+    """'a/b/c' of a tree path: the name checkpoints record per array."""
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
 def _checksum(x) -> jax.Array:
     x = jnp.asarray(x)
     if x.dtype == jnp.bool_:
@@ -32,7 +37,7 @@ def _checksum(x) -> jax.Array:
 def checksums(tree) -> dict:
     """{'a/b/c': uint32 checksum} of every array in `tree` (sharded jax.Arrays or numpy)."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): _checksum(x) for p, x in flat}
+    return {path_name(p): _checksum(x) for p, x in flat}
 
 
 def host_checksums(tree) -> dict:
@@ -52,7 +57,7 @@ def mismatches(tree, expected: dict) -> list[str]:
 @jax.jit
 def _non_finite(tree) -> dict:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): ~jnp.all(jnp.isfinite(x))
+    return {path_name(p): ~jnp.all(jnp.isfinite(x))
             for p, x in flat if jnp.issubdtype(x.dtype, jnp.inexact)}
 
 

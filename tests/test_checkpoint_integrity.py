@@ -1,5 +1,6 @@
 """Checkpoints are either good or reported: checksums, a fallback past a damaged newest
 checkpoint, a non-finite guard that covers the update, and a failed save that stops the run."""
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -53,13 +54,13 @@ def flip_4kb(step_dir: Path) -> str:
     middle = len(data) // 2
     data[middle:middle + 4096] = bytes(b ^ 0xFF for b in data[middle:middle + 4096])
     f.write_bytes(bytes(data))
-    return ""  # unreadable or a checksum mismatch, depending on where the bytes fall
+    return "is unreadable|the checksum of"  # depending on where the bytes fall
 
 
 def delete(name: str):
     def damage(step_dir: Path) -> str:
         (step_dir / name).unlink()
-        return f"{step_dir / name} is missing"
+        return re.escape(f"{step_dir / name} is missing")
     return damage
 
 
@@ -71,7 +72,8 @@ def change_checksum(step_dir: Path) -> str:
     start = text.index(key) + len(key)
     end = start + len(text[start:].split(",")[0].split("}")[0])
     sums.write_text(text[:start] + str((int(text[start:end]) + 1) % 2 ** 32) + text[end:])
-    return "the checksum of 1 array(s) differs from the one saved, e.g. params/global_tokens"
+    return re.escape("the checksum of 1 array(s) differs from the one saved, e.g. "
+                     "params/global_tokens")
 
 
 @pytest.mark.parametrize("damages", [
@@ -88,7 +90,8 @@ def test_damaged_newest_checkpoints_fall_back_to_the_newest_good_one(finished_ru
     warnings = [line for line in out.splitlines() if line.startswith("warning: checkpoint")]
     assert len(warnings) == len(damages), out
     for line, (step, words) in zip(warnings, expected.items()):  # newest first, one line each
-        assert line.startswith(f"warning: checkpoint step {step}") and words in line, line
+        assert line.startswith(f"warning: checkpoint step {step}"), line
+        assert re.search(words, line), line
         assert (workdir / "checkpoints" / f"{step}.corrupt").is_dir()  # kept for inspection
     assert f"resumed from step {min(damages) - 2}" in out
     # the steps after it were trained again: exactly the straight run

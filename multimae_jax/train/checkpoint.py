@@ -57,8 +57,8 @@ def quiet_failed_writes():
     """Keeps a failed asynchronous save to the one line its caller reports: TensorStore
     reports hundreds of "Event loop is closed" errors (unraisable exceptions) when Orbax closes
     its event loop under pending writes, and Orbax and asyncio log the same cause with a
-    traceback from each thread, some only when the interpreter exits. So after a block that
-    raised, the filters stay."""
+    traceback from each thread, some only when the interpreter exits. So after a failed save,
+    the filters stay."""
     hooks = sys.excepthook, sys.unraisablehook
     sys.excepthook = lambda kind, value, tb: (
         None if _closed_loop(kind, value) else hooks[0](kind, value, tb))
@@ -67,7 +67,17 @@ def quiet_failed_writes():
     loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
     for logger in loggers:
         logger.addFilter(_write_failure_echo)
-    yield
+    try:
+        yield
+    except CheckpointSaveError:
+        raise  # its echoes may come until the interpreter exits: the filters stay
+    except BaseException:
+        _restore(hooks, loggers)
+        raise
+    _restore(hooks, loggers)
+
+
+def _restore(hooks, loggers) -> None:
     sys.excepthook, sys.unraisablehook = hooks
     for logger in loggers:
         logger.removeFilter(_write_failure_echo)
@@ -108,7 +118,7 @@ def first_line(e: BaseException) -> str:
 
 
 def _paths(tree) -> dict:
-    return {jax.tree_util.keystr(p, simple=True, separator="/"): tuple(x.shape)
+    return {integrity.path_name(p): tuple(x.shape)
             for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

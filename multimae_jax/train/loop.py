@@ -19,12 +19,11 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from multimae_jax import checkpoint_format as fmt
-from multimae_jax import integrity
 from multimae_jax.data.pipeline import global_batch, make_dataset, make_source
 from multimae_jax.train import checkpoint, sharding
 from multimae_jax.train import workdir as workdir_lib
 from multimae_jax.train.optimizer import scaled_lr, warmup_steps
-from multimae_jax.train.step import TRAINABLE, PretrainStep, config_modalities
+from multimae_jax.train.step import PretrainStep, config_modalities
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import reconstruction_grid, save_png
 
@@ -93,15 +92,6 @@ def _format(metrics: dict) -> str:
     tasks = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
     return (f"loss {metrics['loss']:.4f} ({tasks}) | lr {metrics['lr']:.2e} | "
             f"grad norm {metrics['grad_norm']:.3f}")
-
-
-def _finite_or_raise(state, step: int, mngr) -> None:
-    """Never checkpoint a non-finite state (the step's guard should make this unreachable)."""
-    bad = integrity.non_finite({k: state[k] for k in TRAINABLE + ("opt_state",) if k in state})
-    if bad:
-        raise NonFiniteError(f"step {step}: {len(bad)} state array(s) hold NaN or inf, e.g. "
-                             f"{bad[0]}; not saving it, the last good checkpoint is step "
-                             f"{mngr.latest_step()}")
 
 
 def _save_error(mngr, step: int):
@@ -204,7 +194,8 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
     every = config.train.checkpoint_every
     bar = tqdm(total=total, initial=start, unit="step", disable=not is_main, dynamic_ncols=True)
     tick, images_since = time.perf_counter(), 0
-    step, saving = start, None  # `saving`: the step of the latest save started
+    # `saving`: the step of a save started and not yet joined; `failure`: its error
+    step, saving, failure = start, None, None
     try:
         while step < total:
             local = next(data_iter)
@@ -248,23 +239,20 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
             due = step % every == 0 or step == total
             sync = due or step % config.train.log_every == 0
-            failed = None
-            if saving is not None and not mngr.is_saving_in_progress():  # finished: ok?
-                failed, saving = _save_error(mngr, saving), None
-            code = _stop_agreed(2 if failed else int(bool(stop.signal)), sync)
+            # join the last save once it is done, or before the next one (Orbax would wait
+            # for it anyway); a failure is kept until every process has agreed to stop on it
+            if saving is not None and (due or stop.signal or step == stop_at_step
+                                       or not mngr.is_saving_in_progress()):
+                failure, saving = failure or _save_error(mngr, saving), None
+            code = _stop_agreed(2 if failure else int(bool(stop.signal)), sync)
             if code == 2:
-                raise failed or checkpoint.CheckpointSaveError(
+                raise failure or checkpoint.CheckpointSaveError(
                     f"a checkpoint save failed in another process (see its log); "
                     f"the last good checkpoint is step {mngr.latest_step()}")
             stopping = bool(code) or step == stop_at_step
             if due or stopping:
-                if saving is not None:  # Orbax would wait for it anyway: surface its error
-                    failed, saving = _save_error(mngr, saving), None
-                    if failed:
-                        raise failed
                 streak = int(state["nonfinite_streak"]) if streak is None else streak
                 if streak == 0:  # a state inside a run of non-finite steps is never saved
-                    _finite_or_raise(state, step, mngr)
                     checkpoint.save(mngr, step, runner.model, state, data_iter)
                     saving = step
                 elif step == total:
@@ -276,9 +264,9 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
                 if is_main:
                     tqdm.write(f"{last['stopped']}: saved step {step}, stopping")
                 break
-        failed = _save_error(mngr, saving) if saving is not None else None
-        if failed:
-            raise failed
+        failure = _save_error(mngr, saving) if saving is not None else None
+        if failure:
+            raise failure
     finally:
         stop.restore()
         bar.close()

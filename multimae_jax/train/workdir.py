@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 CONFIG, RUN_INFO, HISTORY, LOCK = "config.json", "run_info.json", "history", "lock"
@@ -31,14 +32,8 @@ class WorkdirError(RuntimeError):
     """A run that may not use this workdir; the message is one line saying why."""
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def _flat(tree: dict) -> dict:
+    return traverse_util.flatten_dict(tree, sep=".")
 
 
 def config_dict(config) -> dict:
