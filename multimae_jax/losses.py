@@ -1,5 +1,6 @@
 """Masked reconstruction losses (`multimae/criterion.py: MaskedMSELoss`, `MaskedL1Loss`,
-`MaskedCrossEntropyLoss`), NHWC, reduced as the official criteria.
+`MaskedCrossEntropyLoss`), NHWC, reduced as the official criteria; the fine-tuning losses
+(`dense_*`, at the end) are reduced over valid pixels instead.
 
 The official reduction: per-pixel loss averaged over channels, then per sample the mean over the
 pixels of masked patches, then the mean over the samples that have any masked patch; 0 when
@@ -67,6 +68,15 @@ def masked_l1(pred, target, mask=None, patch_size: int = 16, stride: int = 1,
     return _masked_regression(jnp.abs, pred, target, mask, patch_size, stride, norm_pix)
 
 
+def _log_probs_nll(logits, labels, ignore_index):
+    """fp32 log-probabilities (B, h, w, C), the per-pixel negative log-likelihood of `labels`
+    (B, h, w) (an arbitrary finite value where ignored) and the not-ignored mask (B, h, w)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    valid = labels != ignore_index
+    safe = jnp.where(valid, labels, 0)
+    return logp, -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0], valid
+
+
 def masked_cross_entropy(logits, labels, mask=None, patch_size: int = 16, stride: int = 1,
                          label_smoothing: float = 0.0, ignore_index: int = -100) -> jax.Array:
     """MaskedCrossEntropyLoss. logits (B, h, w, C) at 1/stride resolution, labels (B, h, w) int.
@@ -74,10 +84,7 @@ def masked_cross_entropy(logits, labels, mask=None, patch_size: int = 16, stride
     Pixels labelled `ignore_index` contribute 0 (PyTorch reduction='none'), as in the official code.
     """
     s = _patch_size(patch_size, stride)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    valid = labels != ignore_index
-    safe = jnp.where(valid, labels, 0)
-    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    logp, nll, valid = _log_probs_nll(logits, labels, ignore_index)
     if label_smoothing:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * logp.mean(axis=-1)
     return reduce_masked(jnp.where(valid, nll, 0.0), mask, s)
@@ -108,3 +115,67 @@ def pretraining_losses(preds: dict, targets: dict, masks: dict, modalities,
             fn = masked_mse if m.loss == "mse" else masked_l1
             out[task] = fn(pred, target, mask, patch_size, m.stride_level, m.norm_pix)
     return out
+
+
+# --- Fine-tuning losses: `run_finetuning_depth.py: masked_l1_loss, masked_mse_loss,
+# masked_berhu_loss` (the Taskonomy script's masked_l1_loss / masked_mse_loss are the same code)
+# and the segmentation criterion of `run_finetuning_semseg.py: main`. Each is a mean over the valid
+# elements of the whole batch, so 0 / 0 = NaN when nothing is valid, as in the official code.
+# Padded evaluation samples: zero their mask_valid (segmentation: label them ignore_index).
+
+
+def valid_elements(mask_valid: jax.Array | None, shape: tuple[int, ...]) -> jax.Array:
+    """bool (B, H, W, C) of the elements a dense loss counts. mask_valid: bool (B, H, W, 1),
+    repeated over the channels as the official `mask_valid.repeat_interleave(C, 1)`, or
+    (B, H, W, C); None: every element."""
+    if mask_valid is None:
+        return jnp.ones(shape, bool)
+    if mask_valid.shape[:-1] != tuple(shape[:-1]) or mask_valid.shape[-1] not in (1, shape[-1]):
+        raise ValueError(f"mask_valid of shape {mask_valid.shape} does not fit a prediction of "
+                         f"shape {tuple(shape)}: expected (B, H, W, 1) or (B, H, W, C)")
+    return jnp.broadcast_to(mask_valid.astype(bool), shape)
+
+
+def dense_sums(error: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of `error` over the `valid` elements, their number); both (B, H, W, C)."""
+    # where, not a product: invalid elements get zero gradient and a NaN there stays out, as with
+    # the official `loss[~mask_valid] = 0`.
+    return jnp.where(valid, error, 0.0).sum(), valid.sum()
+
+
+def _dense_mean(error, mask_valid):
+    total, count = dense_sums(error, valid_elements(mask_valid, error.shape))
+    return total / count
+
+
+def dense_l1(pred, target, mask_valid=None) -> jax.Array:
+    """masked_l1_loss: mean |pred - target| over valid elements. pred, target: (B, H, W, C)."""
+    return _dense_mean(jnp.abs(pred.astype(jnp.float32) - target), mask_valid)
+
+
+def dense_mse(pred, target, mask_valid=None) -> jax.Array:
+    """masked_mse_loss: mean (pred - target)^2 over valid elements. pred, target: (B, H, W, C)."""
+    return _dense_mean(jnp.square(pred.astype(jnp.float32) - target), mask_valid)
+
+
+def dense_berhu(pred, target, mask_valid=None) -> jax.Array:
+    """masked_berhu_loss: reverse Huber over valid elements, (B, H, W, C) inputs.
+
+    d = pred - target, 0 at invalid elements; c = max(0.2 max|d|, 1e-5) over the whole batch,
+    without gradient; |d| where |d| < c, else (d^2 + c^2) / (2c); summed, / #valid elements.
+    """
+    diff = pred.astype(jnp.float32) - target
+    valid = valid_elements(mask_valid, diff.shape)
+    diff = jnp.where(valid, diff, 0.0)
+    c = jax.lax.stop_gradient(jnp.maximum(jnp.abs(diff).max() * 0.2, 1e-5))
+    berhu = jnp.where(jnp.abs(diff) < c, jnp.abs(diff), (jnp.square(diff) + c ** 2) / 2.0 / c)
+    total, count = dense_sums(berhu, valid)
+    return total / count
+
+
+def dense_cross_entropy(logits, labels, ignore_index: int = 255) -> jax.Array:
+    """torch.nn.CrossEntropyLoss(ignore_index=255) at full resolution: the mean negative
+    log-likelihood over the pixels not labelled `ignore_index`. logits (B, H, W, C), labels
+    (B, H, W) int in [0, C) or ignore_index."""
+    _, nll, valid = _log_probs_nll(logits, labels, ignore_index)
+    return jnp.where(valid, nll, 0.0).sum() / valid.sum()

@@ -120,6 +120,9 @@ DEFAULT_SCALES = {"rgb8": 255.0, "uint8": 255.0, "uint16": 2.0 ** 16, "labels": 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# NYUv2 depth fine-tuning targets: (raw depth - mean) / std (utils/data_constants.py: NYU_MEAN/STD)
+NYU_DEPTH_MEAN = 2070.7764
+NYU_DEPTH_STD = 777.5723
 
 #: The official modalities (`run_pretraining_multimae.py: DOMAIN_CONF` and
 #: `utils/datasets.py: DataAugmentationForMultiMAE`): ImageNet-normalised RGB; 16-bit depth read

@@ -108,22 +108,26 @@ def _mismatch_report(source, missing, unexpected, wrong_shape) -> str:
     return "\n".join(lines)
 
 
+def official_key(path) -> str:
+    """A Flax variable path inside its collection, ('encoder', '0', 'attn', 'qkv', 'kernel'), ->
+    its official state_dict key, 'encoder.0.attn.qkv.weight' (the canonical one of DPT aliases)."""
+    *module, leaf = path
+    return ".".join([*module, "weight" if leaf in ("kernel", "scale", "embedding") else leaf])
+
+
 def flax_to_official(variables: dict) -> dict:
     """Flax variables -> official state_dict (numpy, PyTorch layouts), DPT aliases included."""
     out = {}
     for path, value in traverse_util.flatten_dict(dict(variables)).items():
         if path[0] not in _COLLECTIONS:
             continue
-        *module, leaf = path[1:]
+        leaf = path[-1]
         value = np.asarray(value, np.float32)
         if leaf == "kernel":
             value = value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
-            leaf = "weight"
-        elif leaf in ("scale", "embedding"):
-            leaf = "weight"
-        elif value.ndim == 4:
+        elif leaf not in ("scale", "embedding") and value.ndim == 4:
             value = value.transpose(0, 3, 1, 2)
-        key = ".".join(list(module) + [leaf])
+        key = official_key(path[1:])
         out[key] = np.ascontiguousarray(value)
         for pattern, repl in _CANONICAL_TO_ALIAS:
             alias = pattern.sub(repl, key)

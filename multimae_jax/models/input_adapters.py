@@ -49,6 +49,8 @@ class PatchedInputAdapter(nn.Module):
     `proj` is a non-overlapping patch conv; the positional embedding is resized bicubically
     (PyTorch A = -0.75; the identity at the native grid) to (N_H, N_W) and added.
     """
+    # `PatchedInputAdapter.no_weight_decay()`: names below this adapter, matched exactly
+    no_weight_decay = ("pos_emb",)
     num_channels: int
     stride_level: int = 1
     patch_size_full: Any = 16
@@ -103,6 +105,9 @@ class SemSegInputAdapter(nn.Module):
     `padding_idx`); like the official code, it is randomly initialised, and zero only when loaded
     from a padded checkpoint.
     """
+    # `SemSegInputAdapter.no_weight_decay()`; 'class_emb' is a module (its parameter is
+    # class_emb.weight), so matched exactly it exempts nothing, as in the official code
+    no_weight_decay = ("pos_emb", "class_emb")
     num_classes: int
     stride_level: int = 4
     patch_size_full: Any = 16

@@ -40,6 +40,9 @@ class SpatialOutputAdapter(nn.Module):
     token and embeddings) are in `residual_dtype`, but the cross-attention has no residual, so
     with use_xattn the stream after it is in `dtype` (the official one is fp16 there too).
     """
+    # `SpatialOutputAdapter.no_weight_decay()`; 'task_embeddings' names a ParameterDict (its
+    # parameters are task_embeddings.<task>), so matched exactly it exempts nothing
+    no_weight_decay = ("pos_emb", "mask_token", "task_embeddings")
     num_channels: int
     stride_level: int = 1
     patch_size_full: Any = 16

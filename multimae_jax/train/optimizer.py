@@ -54,7 +54,8 @@ def weight_decay_schedule(optimizer_config, total_steps: int):
     return warmup_cosine(o.weight_decay, total_steps, 0, end)
 
 
-#: Parameter names the usual (fine-tuning) convention exempts from weight decay.
+#: Parameter names that pre-training's decay_all_params=False exempts from weight decay, at any
+#: depth of the path (the official fine-tuning rule matches exact names: train/param_groups.py).
 NO_DECAY_NAMES = ("global_tokens", "mask_token", "task_embeddings", "pos_emb")
 
 
@@ -75,18 +76,17 @@ def decay_mask(params, decay_all: bool):
 
 def lr_multipliers(tree, rules, field: str = "config.optimizer.lr_mults"):
     """A float per leaf: the multiplier of the first (regex, multiplier) rule whose regex
-    fully matches the leaf's path (big_vision style), else 1. A rule that matches nothing is
-    an error (a typo would otherwise silently train at the base lr)."""
+    fully matches the leaf's path (big_vision style), else 1. A rule that matches no path is
+    an error (a typo would otherwise silently train at the base lr); one shadowed by earlier
+    rules is not (a user rule may override a whole block's layer decay)."""
     rules = [(re.compile(p), float(m)) for p, m in rules]
     names = path_names(tree)
     used = set()
 
     def mult(name):
-        for i, (pattern, m) in enumerate(rules):
-            if pattern.fullmatch(name):
-                used.add(i)
-                return m
-        return 1.0
+        hits = [i for i, (pattern, _) in enumerate(rules) if pattern.fullmatch(name)]
+        used.update(hits)
+        return rules[hits[0]][1] if hits else 1.0
     mults = jax.tree.map(mult, names)
     unused = [rules[i][0].pattern for i in range(len(rules)) if i not in used]
     if unused:
@@ -114,25 +114,29 @@ def _scale_by_schedules(lr_schedule, wd_schedule, decay, mults) -> optax.Gradien
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def make_optimizer(optimizer_config, lr_schedule, wd_schedule) -> optax.GradientTransformation:
+def make_optimizer(optimizer_config, lr_schedule, wd_schedule, *, lr_rules=None,
+                   decay=None) -> optax.GradientTransformation:
     """AdamW over {'params': ..., 'balancer': ...}; call `update(grads, opt_state, trainable,
     step=global_step)`. Adam's own count (bias correction) lives in the optimizer state and
     advances only when an update is applied, as torch's `optimizer.step()`; lr and weight
     decay follow the global step. Every parameter is decayed by default (the official
     pre-training: both param groups get weight_decay). Multipliers of lr (and so of the
     decoupled decay, as torch): balancer_lr_scale for 'balancer/...', else the first matching
-    `lr_mults` rule."""
+    `lr_rules` rule (default: `lr_mults`). `decay` (trainable tree -> bool tree) replaces the
+    default decay_mask(params, decay_all_params); fine-tuning passes its param groups through
+    both (train/param_groups.py)."""
     o = optimizer_config
+    lr_rules = o.lr_mults if lr_rules is None else lr_rules
+    decay = decay or (lambda params: decay_mask(params, o.decay_all_params))
 
     def mults(params):
-        rules = tuple(tuple(r) for r in o.lr_mults)
+        rules = tuple(tuple(r) for r in lr_rules)
         if "balancer" in params:
             rules = (("balancer/.*", o.balancer_lr_scale),) + rules
         return lr_multipliers(params, rules)
     return optax.chain(
         optax.scale_by_adam(o.b1, o.b2, o.eps),
-        _scale_by_schedules(lr_schedule, wd_schedule,
-                            lambda params: decay_mask(params, o.decay_all_params), mults))
+        _scale_by_schedules(lr_schedule, wd_schedule, decay, mults))
 
 
 def clip_by_total_norm(grads, max_norm: float, total_norm):
