@@ -1,7 +1,7 @@
 """python -m multimae_jax.benchmark --config=configs/pretrain.py[:variant] [--config.a.b=v]
        [--steps N] [--warmup W]
 
-Throughput of the REAL pre-training step (`PretrainStep.step`: masking, forward, the official
+Throughput of the REAL pre-training step (`Trainer.step` of the pre-training objective: masking, forward, the official
 losses, backward, AdamW update, non-finite skip) on device-resident synthetic batches: random
 arrays with the data pipeline's layout and dtypes ('rgb' uint8 (B, S, S, 3), 'depth' uint16
 (B, S, S, 1), 'semseg' uint8 (B, S/4, S/4)), created once on the devices with the batch sharding,
@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 from multimae_jax.train import distributed, sharding
 from multimae_jax.train.optimizer import scaled_lr
-from multimae_jax.train.step import PretrainStep, config_modalities
+from multimae_jax.train.pretrain import config_modalities, pretrain_trainer
 from multimae_jax.train.validate import ConfigError, validate
 
 #: (substring of the lower-cased device_kind, peak dense bf16 FLOP/s, peak dense float32 FLOP/s)
@@ -151,7 +151,7 @@ def _xla_flops_per_image(config, runner, state, batch, compiled):
         micro = config.copy_and_resolve_references()
         micro.train.grad_accum_steps = 1
         micro.data.global_batch_size = config.data.global_batch_size // accum
-        one = PretrainStep(micro, runner.mesh, 2, 1, 1e-4)
+        one = pretrain_trainer(micro, runner.mesh, 2, 1, 1e-4)
         spec = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
         abstract_state = jax.tree.map(spec, state, one.state_sharding)
         abstract_batch = {k: jax.ShapeDtypeStruct((x.shape[0] // accum,) + x.shape[1:], x.dtype,
@@ -204,7 +204,7 @@ def run(config, steps: int = 20, warmup: int = 3) -> dict:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     gb = config.data.global_batch_size
     total = warmup + steps + 1
-    runner = PretrainStep(config, mesh, total_steps=total, warmup_steps=1,
+    runner = pretrain_trainer(config, mesh, total_steps=total, warmup_steps=1,
                           base_lr=scaled_lr(config))
     params = runner.abstract_state["params"]
 

@@ -7,7 +7,7 @@ import pytest
 from multimae_jax import modalities
 from multimae_jax.data.transforms import PretrainAugment, prepare_batch
 from multimae_jax.models.input_adapters import SemSegInputAdapter
-from multimae_jax.train.step import build_model, config_modalities
+from multimae_jax.train.pretrain import build_model, config_modalities
 from multimae_jax.train.validate import ConfigError, validate
 from train_helpers import small_config
 

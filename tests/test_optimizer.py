@@ -13,7 +13,7 @@ import pytest
 from multimae_jax.train import sharding
 from multimae_jax.train.optimizer import (clip_by_total_norm, make_optimizer, warmup_cosine,
                                           warmup_steps, weight_decay_schedule)
-from multimae_jax.train.step import PretrainStep
+from multimae_jax.train.pretrain import pretrain_trainer
 from multimae_jax.train.task_balancing import uncertainty_weighting
 from multimae_jax.train.validate import ConfigError, validate
 from train_helpers import host_batch, small_config
@@ -163,7 +163,7 @@ def balanced_run():
                              "optimizer.balancer_lr_scale": 3.0,
                              "optimizer.skip_grad": SKIP_NORM, "optimizer.weight_decay": 0.0})
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
-    runner = PretrainStep(config, mesh, total_steps=10, warmup_steps=3, base_lr=BASE_LR)
+    runner = pretrain_trainer(config, mesh, total_steps=10, warmup_steps=3, base_lr=BASE_LR)
     state = runner.init(runner.key)
     clean = jax.device_get(state)  # host copies: the step donates its input
     hosts, metrics = [], []
@@ -229,7 +229,7 @@ def test_clip_grad_clips_the_update_and_overrides_skip_grad():
     config = small_config(**{"optimizer.clip_grad": clip, "optimizer.skip_grad": 1e-6,
                              "optimizer.eps": 1e3, "optimizer.weight_decay": 0.0})
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
-    runner = PretrainStep(config, mesh, total_steps=10, warmup_steps=0, base_lr=1e3)
+    runner = pretrain_trainer(config, mesh, total_steps=10, warmup_steps=0, base_lr=1e3)
     state = runner.init(runner.key)
     before = jax.device_get(state["params"])
     state, metrics = runner.step(state, jax.device_put(host_batch(config), runner.batch_sharding))

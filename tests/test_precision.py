@@ -19,7 +19,7 @@ from multimae_jax.models.layers import Block, BlockStack
 from multimae_jax.models.multimae import MultiMAE, MultiViT
 from multimae_jax.models.output_adapters import LinearOutputAdapter, SpatialOutputAdapter
 from multimae_jax.models.spec import from_spec, to_spec
-from multimae_jax.train.step import build_model
+from multimae_jax.train.pretrain import build_model
 
 BF16, F32 = jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float32)
 TASKS = ("rgb", "depth", "semseg")

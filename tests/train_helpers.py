@@ -1,11 +1,13 @@
-"""A very small pre-training config for tests, host batches in the pipeline's layout, and the
-environment of test subprocesses."""
+"""A very small pre-training config for tests, host batches in the pipeline's layout, a few
+steps on a mesh, and the environment of test subprocesses."""
 import os
 
 import jax
 import numpy as np
 
 from configs.pretrain import get_config
+from multimae_jax.train import sharding
+from multimae_jax.train.pretrain import pretrain_trainer
 
 # The tiny recipe at 32 px with a one-block encoder and no decoder blocks (cross-attention + MLP
 # only): keeps compile times short.
@@ -43,6 +45,21 @@ def host_batch(config, seed=0):
     return {"rgb": r.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
             "depth": r.integers(1000, 60000, (b, s, s, 1), dtype=np.int32),
             "semseg": r.integers(0, 8, (b, s // 4, s // 4), dtype=np.uint8)}
+
+
+# FSDP splits the parameters with at least this many elements (most of small_config's).
+FSDP_MIN_SIZE = 1024
+
+
+def run_steps(config, mesh_spec, devices, n=2):
+    """n steps on host_batch(config, 0..n-1) -> (params, metrics) on the host, and the state."""
+    mesh = sharding.make_mesh(mesh_spec, devices)
+    runner = pretrain_trainer(config, mesh, total_steps=10, warmup_steps=2, base_lr=1e-3)
+    state = runner.init(runner.key)
+    for i in range(n):
+        batch = jax.device_put(host_batch(config, i), runner.batch_sharding)
+        state, metrics = runner.step(state, batch)
+    return jax.device_get(state["params"]), jax.device_get(metrics), state
 
 
 def subprocess_env() -> dict:

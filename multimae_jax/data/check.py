@@ -23,7 +23,7 @@ from multimae_jax.data.folder import FolderSource
 from multimae_jax.data.records import decode_record
 from multimae_jax.data.shards import ShardSource, is_shard_dir
 from multimae_jax.modalities import resolve, with_overrides
-from multimae_jax.train.step import config_modalities
+from multimae_jax.train.pretrain import config_modalities
 
 _SOURCE = None  # the source of a worker process, built once by the parent
 

@@ -1,4 +1,5 @@
-"""The pre-training loop: data -> sharded jitted steps -> metrics, pictures, checkpoints.
+"""The training loop of an objective (train/pretrain.py): data -> sharded jitted steps -> metrics,
+pictures, checkpoints.
 
 Resumes from the newest checkpoint in the workdir that restores and verifies (train state and
 data iterator, so a resumed run ends exactly where an uninterrupted one does), falling back to
@@ -19,13 +20,14 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from multimae_jax import checkpoint_format as fmt
-from multimae_jax.data.pipeline import global_batch, make_dataset, make_source
+from multimae_jax.data.pipeline import global_batch
 from multimae_jax.train import checkpoint, sharding
 from multimae_jax.train import workdir as workdir_lib
 from multimae_jax.train.optimizer import scaled_lr, warmup_steps
-from multimae_jax.train.step import PretrainStep, config_modalities
+from multimae_jax.train.pretrain import PretrainObjective
+from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
-from multimae_jax.train.visualize import reconstruction_grid, save_png
+from multimae_jax.train.visualize import save_png
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "multimae-jax")
 
@@ -143,21 +145,11 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
 
 def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> dict:
     mesh = sharding.make_mesh(config.mesh.to_dict())
-    _, outputs, data_mods = config_modalities(config)
-    tasks = tuple(data_mods)
-    source = make_source(config.data.path, tuple(data_mods.values()),
-                         synthetic_samples=config.data.synthetic_samples,
-                         synthetic_size=config.model.image_size, seed=config.seed,
-                         allow_incomplete=config.data.allow_incomplete,
-                         tfds_fields=config.data.tfds_fields.to_dict())
+    objective = PretrainObjective(config)
+    source, dataset = objective.train_data(jax.process_index(), jax.process_count())
     fig = _schedule_figures(config, len(source))
     gb, is_main = config.data.global_batch_size, jax.process_index() == 0
-    runner = PretrainStep(config, mesh, fig["total_steps"], fig["warmup_steps"], fig["lr"])
-    dataset = make_dataset(source, tuple(data_mods.values()), image_size=config.model.image_size,
-                           local_batch_size=gb // jax.process_count(), seed=config.seed,
-                           process_index=jax.process_index(), process_count=jax.process_count(),
-                           num_workers=config.data.num_workers,
-                           skip_corrupt=config.data.skip_corrupt, hflip=config.data.hflip)
+    runner = Trainer(objective, config, mesh, fig["total_steps"], fig["warmup_steps"], fig["lr"])
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             runner.abstract_state, runner.state_sharding)
@@ -199,7 +191,8 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
     try:
         while step < total:
             local = next(data_iter)
-            batch = global_batch({t: local[t] for t in tasks}, runner.batch_sharding)
+            batch = global_batch({t: local[t] for t in objective.batch_keys},
+                                 runner.batch_sharding)
             state, metrics = runner.step(state, batch)
             step += 1
             images_since += gb
@@ -233,8 +226,7 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
             if step % config.train.picture_every == 0:
                 pictures = jax.device_get(runner.predict(state, batch, min(4, gb)))
                 if is_main:
-                    grid = reconstruction_grid(*pictures, outputs,
-                                               patch_size=config.model.patch_size)
+                    grid = objective.picture(pictures)
                     save_png(grid, workdir / "pictures" / f"step_{step:07d}.png")
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
             due = step % every == 0 or step == total

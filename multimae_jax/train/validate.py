@@ -9,7 +9,8 @@ from multimae_jax import modalities
 from multimae_jax.models import presets
 from multimae_jax.models.input_adapters import patch_dims
 from multimae_jax.train import sharding
-from multimae_jax.train.step import DTYPES, config_modalities
+from multimae_jax.train.pretrain import config_modalities
+from multimae_jax.train.step import DTYPES
 from multimae_jax.train.task_balancing import BALANCERS
 
 
