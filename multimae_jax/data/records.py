@@ -14,11 +14,13 @@ from multimae_jax.modalities import resolve
 from multimae_jax.data.codecs import CorruptFileError, decode
 
 
-def decode_record(record: dict, modalities, skip_corrupt: bool = False) -> dict | None:
+def decode_record(record: dict, modalities, skip_corrupt: bool = False,
+                  check_labels: bool = True) -> dict | None:
     """{task: native array, 'label': int, 'key': str} of `modalities` (Modality objects or
     default names), or None for a corrupt sample when `skip_corrupt` (it is logged); otherwise
     CorruptFileError naming the file. Corrupt: a file that does not decode as its modality's
-    storage, modalities of different H x W, or a label outside its modality's classes."""
+    storage, modalities of different H x W, or (with `check_labels`; fine-tuning labels have
+    their own rules, `dense_transforms.adapt_labels`) a label outside its modality's classes."""
     mods = resolve(modalities)
     paths = record.get("paths", {})
     where = {t: paths.get(t, f"{record['key']} ({t})") for t in mods}
@@ -27,7 +29,7 @@ def decode_record(record: dict, modalities, skip_corrupt: bool = False) -> dict 
         for task, mod in mods.items():
             value = record[task]
             out[task] = decode(mod, value, where[task]) if isinstance(value, bytes) else value
-        _check_sample(out, mods, where)
+        _check_sample(out, mods, where, check_labels)
     except CorruptFileError as e:
         if not skip_corrupt:
             raise
@@ -36,7 +38,16 @@ def decode_record(record: dict, modalities, skip_corrupt: bool = False) -> dict 
     return out
 
 
-def _check_sample(sample: dict, mods: dict, where: dict) -> None:
+def check_same_size(key: str, arrays: dict, where: dict) -> None:
+    """CorruptFileError naming every file (where[task]) and its H x W unless the arrays
+    {task: (H, W, ...)} of sample `key` share one H x W."""
+    sizes = {t: a.shape[:2] for t, a in arrays.items()}
+    if len(set(sizes.values())) > 1:
+        raise CorruptFileError(f"{key}: modalities differ in size: " + ", ".join(
+            f"{where[t]} {h}x{w}" for t, (h, w) in sizes.items()))
+
+
+def _check_sample(sample: dict, mods: dict, where: dict, check_labels: bool = True) -> None:
     """CorruptFileError unless the decoded modalities share one H x W and every label lies in
     0..num_classes-1 (one max per label map).
 
@@ -45,12 +56,9 @@ def _check_sample(sample: dict, mods: dict, where: dict) -> None:
     run_pretraining_multimae.py: DOMAIN_CONF sets no emb_padding_idx) and its loss keeps
     F.cross_entropy's ignore_index -100 (multimae/criterion.py: MaskedCrossEntropyLoss), which
     no uint8 label reaches; a larger label crashes the official run without naming the file."""
-    sizes = {t: sample[t].shape[:2] for t in mods}
-    if len(set(sizes.values())) > 1:
-        raise CorruptFileError(f"{sample['key']}: modalities differ in size: " + ", ".join(
-            f"{where[t]} {h}x{w}" for t, (h, w) in sizes.items()))
+    check_same_size(sample["key"], {t: sample[t] for t in mods}, where)
     for t, m in mods.items():
-        if m.kind != "labels" or not sample[t].size:
+        if not check_labels or m.kind != "labels" or not sample[t].size:
             continue
         high = int(sample[t].max())
         if high >= m.num_classes:

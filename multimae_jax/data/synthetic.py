@@ -125,6 +125,14 @@ class SyntheticScenes:
         return paths
 
 
+def range_mask(sample: dict, max_depth_m: float = 10.0) -> np.ndarray:
+    """A depth sensor's validity mask of a rendered sample (for dense fine-tuning): uint8
+    (S, S, 1), 255 where its depth is at most max_depth_m, else 0 (at 10 m, part of the 7-12 m
+    far wall is out of range)."""
+    valid = sample["depth"] <= max_depth_m * DEPTH_UNITS_PER_METRE
+    return np.where(valid, 255, 0).astype(np.uint8)[..., None]
+
+
 def _write(path: Path, data: bytes):
     # Through a temp name: an interrupted run never leaves a truncated image under the real name
     # (and '.tmp' is not an image extension, so loaders skip leftovers).

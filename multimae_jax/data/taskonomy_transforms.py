@@ -90,13 +90,20 @@ def _blur3(x: np.ndarray, sigma: float) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def resize_as_loaded(x: np.ndarray, task: TaskonomyTask, image_size: int = 384) -> np.ndarray:
+    """The first step of `preprocess_taskonomy` alone: x as stored (H, W[, C]) resized as the
+    official PIL image was, to resized_shape(H, W, image_size); dtype kept (an rgb input stays
+    uint8, normalised later on the device)."""
+    return _resize(x, resized_shape(*x.shape[:2], image_size), task.bilinear)
+
+
 def preprocess_taskonomy(x: np.ndarray, task: TaskonomyTask, image_size: int = 384) -> np.ndarray:
     """One Taskonomy file's array as the official task_transform returns it, channels last.
 
     x: as stored, uint8 (H, W[, C]) for 8-bit PNGs or uint16 (H, W) for 16-bit ones.
     Returns float32 (h, w, C') with (h, w) = resized_shape(H, W, image_size).
     """
-    x = _resize(x, resized_shape(*x.shape[:2], image_size), task.bilinear)
+    x = resize_as_loaded(x, task, image_size)
     x = x.reshape(x.shape[:2] + (-1,)).astype(np.float32) / np.float32(task.max_value)
     if task.channels is not None:
         x = x[..., :task.channels]

@@ -52,6 +52,32 @@ def _colormap(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return _LUT[np.round(t * 255).astype(np.int64)]
 
 
+def paint_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(H, W) int labels -> (H, W, 3) float `palette(num_classes)` colours; labels outside
+    [0, num_classes) (void, ignore) black."""
+    colours = palette(num_classes)
+    valid = (labels >= 0) & (labels < num_classes)
+    return np.where(valid[..., None], colours[np.clip(labels, 0, num_classes - 1)], 0.0)
+
+
+def shared_scale(target: np.ndarray, pred: np.ndarray,
+                 valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, C) target and prediction -> two (H, W, 3) float pictures in [0, 1] on one scale,
+    the min..max of the target (over its `valid` (H, W[, 1]) bool pixels if given; the others
+    are black in the target's picture): one channel through the colour map, more channels
+    linearly per channel (the first three)."""
+    keep = np.ones(target.shape[:2], bool) if valid is None else np.asarray(valid, bool)
+    keep = keep.reshape(target.shape[:2])
+    lo, hi = (float(target[keep].min()), float(target[keep].max())) if keep.any() else (0.0, 1.0)
+    if target.shape[-1] == 1:
+        images = _colormap(target, lo, hi), _colormap(pred, lo, hi)
+    else:
+        scale = max(hi - lo, 1e-12)
+        images = (np.clip((target[..., :3] - lo) / scale, 0, 1),
+                  np.clip((pred[..., :3] - lo) / scale, 0, 1))
+    return np.where(keep[..., None], images[0], 0.0), images[1]
+
+
 def _patch_minmax(x: np.ndarray, p: int) -> np.ndarray:
     """(H, W, C) -> (H, W, C) each p x p patch scaled by its own min/max (over all channels)."""
     h, w, c = x.shape
@@ -70,11 +96,8 @@ def _render(mod: Modality, target: np.ndarray, pred: np.ndarray, patch_size: int
     pred: the decoder output ((S, S, C), or (S/s, S/s, classes) logits).
     """
     if mod.draw == "labels":
-        colours = palette(num_classes or pred.shape[-1])
-
         def paint(labels):
-            valid = (labels >= 0) & (labels < len(colours))
-            img = np.where(valid[..., None], colours[np.clip(labels, 0, len(colours) - 1)], 0.0)
+            img = paint_labels(labels, num_classes or pred.shape[-1])
             return img.repeat(mod.stride_level, axis=0).repeat(mod.stride_level, axis=1)
 
         return paint(target), paint(pred.argmax(axis=-1))
@@ -84,11 +107,7 @@ def _render(mod: Modality, target: np.ndarray, pred: np.ndarray, patch_size: int
         mean = np.asarray(mod.mean if mod.mean is not None else 0.0)
         std = np.asarray(mod.std if mod.std is not None else 1.0)
         return np.clip(target * std + mean, 0, 1), np.clip(pred * std + mean, 0, 1)
-    lo, hi = float(target.min()), float(target.max())  # 'colormap'
-    if target.shape[-1] == 1:
-        return _colormap(target, lo, hi), _colormap(pred, lo, hi)
-    scale = max(hi - lo, 1e-12)
-    return np.clip((target - lo) / scale, 0, 1), np.clip((pred - lo) / scale, 0, 1)
+    return shared_scale(target, pred)  # 'colormap'
 
 
 def reconstruction_panels(inputs: dict, preds: dict, masks: dict, modalities=None, *,
@@ -146,11 +165,18 @@ def reconstruction_grid(inputs: dict, preds: dict, masks: dict, modalities=None,
                                  num_samples=num_samples, num_classes=num_classes)
     if not rows:
         raise ValueError(f"no task to show: preds {sorted(preds)}, inputs {sorted(inputs)}")
+    return panel_grid(rows)
+
+
+def panel_grid(rows, columns=COLUMNS) -> np.ndarray:
+    """[(label, panels)] with uint8 (S, S, 3) panels, one per column title -> the figure, uint8
+    (HEADER_HEIGHT + R * (S + PAD), LABEL_WIDTH + len(columns) * (S + PAD), 3)."""
     size = rows[0][1][0].shape[0]
     cell = size + PAD
-    canvas = Image.new("RGB", (LABEL_WIDTH + 3 * cell, HEADER_HEIGHT + len(rows) * cell), "white")
+    canvas = Image.new("RGB", (LABEL_WIDTH + len(columns) * cell,
+                               HEADER_HEIGHT + len(rows) * cell), "white")
     draw = ImageDraw.Draw(canvas)
-    for col, title in enumerate(COLUMNS):
+    for col, title in enumerate(columns):
         draw.text((LABEL_WIDTH + col * cell + 1, 1), title, fill="black")
     for r, (label, panels) in enumerate(rows):
         y = HEADER_HEIGHT + r * cell
