@@ -22,9 +22,10 @@ from tqdm import tqdm
 from multimae_jax import checkpoint_format as fmt
 from multimae_jax.data.pipeline import global_batch
 from multimae_jax.train import checkpoint, sharding
+from multimae_jax.train.eval_hook import EvalHook
 from multimae_jax.train import workdir as workdir_lib
-from multimae_jax.train.optimizer import scaled_lr, warmup_steps
-from multimae_jax.train.pretrain import PretrainObjective
+from multimae_jax.train.objectives import make_objective
+from multimae_jax.train.optimizer import warmup_steps
 from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import save_png
@@ -52,13 +53,13 @@ def _run_info() -> dict:
             "versions": _versions()}
 
 
-def _schedule_figures(config, num_samples: int) -> dict:
+def _schedule_figures(config, num_samples: int, base_lr) -> dict:
     gb = config.data.global_batch_size
     steps_per_epoch = max(1, num_samples // gb)
     total = config.train.num_steps if config.train.num_steps > 0 else config.train.epochs * steps_per_epoch
     return {"steps_per_epoch": steps_per_epoch, "total_steps": total,
             "warmup_steps": warmup_steps(config.optimizer, steps_per_epoch),
-            "lr": scaled_lr(config)}
+            "lr": base_lr(config)}
 
 
 class _StopRequest:
@@ -92,7 +93,7 @@ def _stop_agreed(requested: int, sync_step: bool) -> int:
 
 def _format(metrics: dict) -> str:
     tasks = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/"))
-    return (f"loss {metrics['loss']:.4f} ({tasks}) | lr {metrics['lr']:.2e} | "
+    return (f"loss {metrics['loss']:.4f}{f' ({tasks})' if tasks else ''} | lr {metrics['lr']:.2e} | "
             f"grad norm {metrics['grad_norm']:.3f}")
 
 
@@ -109,14 +110,14 @@ def _save_error(mngr, step: int):
     return None
 
 
-def _restart_notes(config, changes: dict, num_samples: int, start: int) -> list[str]:
+def _restart_notes(config, changes: dict, num_samples: int, start: int, base_lr) -> list[str]:
     """What a restart with accepted config changes does, for the log."""
     notes = ["config changed since the last run: " + ", ".join(
         f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())] if changes else []
     if workdir_lib.BATCH in changes:
         before = config.copy_and_resolve_references()
         before.data.global_batch_size = changes[workdir_lib.BATCH][0]
-        a, b = _schedule_figures(before, num_samples), _schedule_figures(config, num_samples)
+        a, b = (_schedule_figures(c, num_samples, base_lr) for c in (before, config))
         notes.append(
             f"global batch {before.data.global_batch_size} -> {config.data.global_batch_size} "
             f"(train.allow_batch_size_change): lr {a['lr']:.3e} -> {b['lr']:.3e}, steps/epoch "
@@ -145,9 +146,9 @@ def train(config, workdir, stop_at_step: int | None = None) -> dict:
 
 def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> dict:
     mesh = sharding.make_mesh(config.mesh.to_dict())
-    objective = PretrainObjective(config)
+    objective = make_objective(config)
     source, dataset = objective.train_data(jax.process_index(), jax.process_count())
-    fig = _schedule_figures(config, len(source))
+    fig = _schedule_figures(config, len(source), objective.base_lr)
     gb, is_main = config.data.global_batch_size, jax.process_index() == 0
     runner = Trainer(objective, config, mesh, fig["total_steps"], fig["warmup_steps"], fig["lr"])
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
@@ -161,6 +162,7 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
         raise
     if restored is None:
         start, state, data_iter = 0, runner.init(runner.key), iter(dataset)
+        state = objective.start_from(state, runner.state_sharding, is_main)
     else:
         start, state, data_iter = restored
 
@@ -170,9 +172,9 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
               f"{dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} "
               f"device(s) in {jax.process_count()} process(es)\n"
               f"global batch {gb}, {fig['steps_per_epoch']} steps/epoch, {fig['total_steps']} "
-              f"steps, warm-up {fig['warmup_steps']} steps, lr {fig['lr']:.3e} "
-              f"(blr {config.optimizer.blr} x {gb} / 256)", flush=True)
-        for note in _restart_notes(config, changes, len(source), start):
+              f"steps, warm-up {fig['warmup_steps']} steps, lr {fig['lr']:.3e}"
+              f"{objective.lr_note()}", flush=True)
+        for note in _restart_notes(config, changes, len(source), start, objective.base_lr):
             print(note, flush=True)
         if restored is not None:
             print(f"resumed from step {start} ({mngr.directory})", flush=True)
@@ -181,6 +183,8 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
     if is_main:
         from tensorboardX import SummaryWriter
         writer = SummaryWriter(str(workdir / "tensorboard"))
+    evaluators, eval_every = objective.evaluators(runner, fig["steps_per_epoch"])
+    hook = EvalHook(evaluators, eval_every, workdir, runner.model, writer, is_main)
     stop = _StopRequest()
     total, last = fig["total_steps"], {}
     every = config.train.checkpoint_every
@@ -223,12 +227,13 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
                         f"(limit config.train.max_nonfinite_steps="
                         f"{config.train.max_nonfinite_steps}); stopping without saving, the "
                         f"last good checkpoint is step {mngr.latest_step()}")
-            if step % config.train.picture_every == 0:
+            if objective.training_pictures and step % config.train.picture_every == 0:
                 pictures = jax.device_get(runner.predict(state, batch, min(4, gb)))
                 if is_main:
                     grid = objective.picture(pictures)
                     save_png(grid, workdir / "pictures" / f"step_{step:07d}.png")
                     writer.add_image("reconstructions", grid, step, dataformats="HWC")
+            hook.maybe_run(step, total, state)
             due = step % every == 0 or step == total
             sync = due or step % config.train.log_every == 0
             # join the last save once it is done, or before the next one (Orbax would wait
@@ -262,6 +267,7 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
     finally:
         stop.restore()
         bar.close()
+        hook.close()
         _close_quietly(mngr)
         if writer is not None:
             writer.close()

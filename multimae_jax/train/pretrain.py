@@ -4,6 +4,10 @@ pictures. The generic `Trainer` (train/step.py) and loop (train/loop.py) run it.
 
 An objective supplies: `model`, `batch_keys` (what a batch holds), `init_variables(key)`,
 `init_extra()` (trainable state beside the model's parameters: here the task balancer),
+`base_lr(config)` and `lr_note()` (how it was computed, for the log),
+`make_optimizer(lr_schedule, wd_schedule)`, `start_from(state, state_sharding, verbose)` (the
+state of a new run: e.g. pre-trained weights loaded into the initialised one),
+`evaluators(trainer, steps_per_epoch)` -> ({name: evaluator}, {name: every N steps}),
 `loss(trainable, buffers, batch, key)` -> (value to minimise, {'loss': logged loss, ...}),
 `predict(params, buffers, batch, key)` and `picture(predicted)` (for pictures), and
 `train_data(process_index, process_count)` -> (source, dataset).
@@ -17,6 +21,7 @@ from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.presets import pretrain_multimae
 from multimae_jax.models.spec import example_inputs
 from multimae_jax.train import task_balancing
+from multimae_jax.train.optimizer import make_optimizer, scaled_lr
 from multimae_jax.train.step import DTYPES, Trainer
 from multimae_jax.train.visualize import reconstruction_grid
 
@@ -49,6 +54,7 @@ class PretrainObjective:
     train_one_epoch`): masks drawn from the step's key, per-task losses in float32, weighted by
     config.train.task_balancer; the logged 'loss' is their unweighted sum, as the official
     loss_value."""
+    training_pictures = True  # reconstructions of a training batch every train.picture_every
 
     def __init__(self, config):
         self.config = config
@@ -63,6 +69,25 @@ class PretrainObjective:
     def init_extra(self) -> dict:
         balancer = task_balancing.init_balancer(self.config.train.task_balancer, len(self.tasks))
         return {"balancer": balancer} if balancer else {}
+
+    #: The official linear scaling: lr = blr x global batch / 256.
+    base_lr = staticmethod(scaled_lr)
+
+    def lr_note(self) -> str:
+        return f" (blr {self.config.optimizer.blr} x {self.config.data.global_batch_size} / 256)"
+
+    def make_optimizer(self, lr_schedule, wd_schedule):
+        return make_optimizer(self.config.optimizer, lr_schedule, wd_schedule)
+
+    def start_from(self, state, state_sharding, verbose: bool):
+        """The state a new run starts from: pre-training starts from its initialisation."""
+        del state_sharding, verbose
+        return state
+
+    def evaluators(self, trainer, steps_per_epoch: int):
+        """Pre-training evaluates nothing during training: ({}, {})."""
+        del trainer, steps_per_epoch
+        return {}, {}
 
     def forward(self, params, buffers, batch, key, train: bool):
         """Model inputs, predictions, masks and per-task losses of one (micro-)batch."""

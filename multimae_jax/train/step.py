@@ -21,8 +21,7 @@ import optax
 from multimae_jax import integrity
 from multimae_jax.models.layers import BATCH
 from multimae_jax.train import sharding
-from multimae_jax.train.optimizer import (clip_by_total_norm, make_optimizer, warmup_cosine,
-                                          weight_decay_schedule)
+from multimae_jax.train.optimizer import clip_by_total_norm, warmup_cosine, weight_decay_schedule
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -38,7 +37,7 @@ class Trainer:
         o = config.optimizer
         self.schedule = warmup_cosine(base_lr, total_steps, warmup_steps, o.min_lr)
         self.wd_schedule = weight_decay_schedule(o, total_steps)
-        self.tx = make_optimizer(o, self.schedule, self.wd_schedule)
+        self.tx = objective.make_optimizer(self.schedule, self.wd_schedule)
         self.key = jax.random.key(config.seed)
         self.abstract_state = jax.eval_shape(self._init, self.key)
         self.trainable_keys = ("params",) + tuple(objective.init_extra())
@@ -64,7 +63,7 @@ class Trainer:
                 "opt_state": self.tx.init(trainable),
                 "nonfinite_streak": zero, "skipped": zero, "skipped_grad_norm": zero}
 
-    def _on_mesh(self) -> contextlib.ExitStack:
+    def on_mesh(self) -> contextlib.ExitStack:
         """The tracing context of model code: the batch axis of every activation sharded over
         the mesh's data axes."""
         stack = contextlib.ExitStack()
@@ -74,7 +73,7 @@ class Trainer:
 
     def loss(self, trainable, buffers, batch, key):
         """The objective's (value to minimise, logged metrics) of one (micro-)batch."""
-        with self._on_mesh():
+        with self.on_mesh():
             return self.objective.loss(trainable, buffers, batch, key)
 
     def _step(self, state, batch):
@@ -137,5 +136,5 @@ class Trainer:
         """The objective's prediction of the first n samples (for pictures)."""
         batch = jax.tree.map(lambda x: x[:n], batch)
         key = jax.random.fold_in(self.key, 2 ** 31 - 1)  # a stream no train step uses
-        with self._on_mesh():
+        with self.on_mesh():
             return self.objective.predict(state["params"], state["buffers"], batch, key)

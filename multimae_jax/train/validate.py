@@ -23,17 +23,13 @@ _AT_LEAST_ONE = (lambda v: v >= 1, ">= 1")
 _NON_NEGATIVE = (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0")
 _POSITIVE = (lambda v: math.isfinite(v) and v > 0, "finite and > 0")
 _BELOW_ONE = (lambda v: 0 <= v < 1, "in [0, 1)")
-_RANGES = {
+_RANGES = {  # every objective's
     "model.image_size": _AT_LEAST_ONE,
     "model.patch_size": _AT_LEAST_ONE,
-    "model.decoder_dim": _AT_LEAST_ONE,
-    "model.decoder_depth": _NON_NEGATIVE,
-    "model.decoder_num_heads": _AT_LEAST_ONE,
     "model.num_global_tokens": _NON_NEGATIVE,
     "model.drop_path_rate": _BELOW_ONE,
     "data.global_batch_size": _AT_LEAST_ONE,
     "data.num_workers": _NON_NEGATIVE,
-    "data.hflip": (lambda v: 0 <= v <= 1, "in [0, 1] (a flip probability)"),
     "train.grad_accum_steps": _AT_LEAST_ONE,
     "train.log_every": _AT_LEAST_ONE,
     "train.picture_every": _AT_LEAST_ONE,
@@ -41,7 +37,6 @@ _RANGES = {
     "train.keep_checkpoints": (lambda v: v >= 1,
                                ">= 1 (Orbax's max_to_keep; 0 would keep nothing)"),
     "train.max_nonfinite_steps": _AT_LEAST_ONE,
-    "optimizer.blr": _POSITIVE,
     "optimizer.min_lr": _NON_NEGATIVE,
     "optimizer.warmup_epochs": _NON_NEGATIVE,
     "optimizer.b1": _BELOW_ONE,
@@ -49,14 +44,35 @@ _RANGES = {
     "optimizer.eps": _POSITIVE,
     "optimizer.weight_decay": _NON_NEGATIVE,
 }
+_PRETRAIN_RANGES = {
+    "data.hflip": (lambda v: 0 <= v <= 1, "in [0, 1] (a flip probability)"),
+    "model.decoder_dim": _AT_LEAST_ONE,
+    "model.decoder_depth": _NON_NEGATIVE,
+    "model.decoder_num_heads": _AT_LEAST_ONE,
+    "optimizer.blr": _POSITIVE,
+}
+_FINETUNE_RANGES = {
+    "optimizer.lr": _POSITIVE,
+    "optimizer.layer_decay": (lambda v: 0 < v <= 1, "in (0, 1] (1 = no layer decay)"),
+    "data.eval_batch_size": _AT_LEAST_ONE,
+}
 
 
 def validate(config, num_devices: int, num_processes: int) -> None:
-    ins, outs = _validate_tasks(config)
-    _validate_ranges(config)
-    _validate_patches(config, {**ins, **outs})
-    _validate_heads(config)
-    _validate_masking(config)
+    objective = config.get("objective", "pretrain")
+    if objective == "pretrain":
+        ins, outs = _validate_tasks(config, ("input_tasks", "output_tasks"))
+        _validate_ranges(config, {**_RANGES, **_PRETRAIN_RANGES})
+        _validate_patches(config, {**ins, **outs})
+        _validate_decoder(config)
+        _validate_masking(config)
+    elif objective == "finetune":
+        _validate_ranges(config, {**_RANGES, **_FINETUNE_RANGES})
+        _validate_patches(config, _validate_tasks(config, ("input_tasks",))[0])
+        _validate_finetune(config)
+    else:
+        raise ConfigError(f"config.objective={objective!r}: expected 'pretrain' or 'finetune'")
+    _validate_encoder(config)
     _validate_mesh(config, num_devices)
     _validate_batch(config, num_devices, num_processes)
     _validate_data(config)
@@ -64,18 +80,20 @@ def validate(config, num_devices: int, num_processes: int) -> None:
     _validate_optimizer(config)
 
 
-def _validate_tasks(config) -> tuple[dict, dict]:
-    """({name: Modality} of the inputs, of the outputs), every name known."""
+def _validate_tasks(config, fields) -> tuple[dict, dict]:
+    """({name: Modality} of the inputs, of the outputs (pre-training)), every name known."""
     mc = config.model
     try:
         registry = modalities.with_overrides(config.modalities.to_dict())
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    for field in ("input_tasks", "output_tasks"):
+    for field in fields:
         for task in mc[field]:
             if task not in registry:
                 raise ConfigError(f"config.model.{field}: unknown modality '{task}' (known: "
                                   f"{sorted(registry)}; define new ones in config.modalities)")
+    if "output_tasks" not in fields:
+        return modalities.resolve(mc.input_tasks, registry), {}
     try:
         ins, outs, _ = config_modalities(config)
     except ValueError as e:
@@ -83,8 +101,8 @@ def _validate_tasks(config) -> tuple[dict, dict]:
     return ins, outs
 
 
-def _validate_ranges(config) -> None:
-    for field, (test, rule) in _RANGES.items():
+def _validate_ranges(config, ranges: dict) -> None:
+    for field, (test, rule) in ranges.items():
         value = functools.reduce(lambda c, key: c[key], field.split("."), config)
         if not test(value):
             raise ConfigError(f"config.{field}={value}: must be {rule}")
@@ -107,11 +125,31 @@ def _validate_patches(config, mods: dict) -> None:
                               f"covers the same {mc.patch_size}px patch as the other tasks'")
 
 
-def _validate_heads(config) -> None:
+def _validate_decoder(config) -> None:
     mc = config.model
     if mc.decoder_dim % mc.decoder_num_heads:
         raise ConfigError(f"config.model.decoder_num_heads={mc.decoder_num_heads}: must divide "
                           f"config.model.decoder_dim={mc.decoder_dim}")
+
+
+def _validate_finetune(config) -> None:
+    """The head, the target and its loss (train/finetune.py)."""
+    from multimae_jax.train.finetune import HEADS, LOSSES  # the objective's own tables
+    if config.head.type not in HEADS:
+        raise ConfigError(f"config.head.type={config.head.type!r}: expected one of {sorted(HEADS)}")
+    if config.target.loss not in LOSSES:
+        raise ConfigError(f"config.target.loss={config.target.loss!r}: expected one of "
+                          f"{sorted(LOSSES)}")
+    if config.target.num_classes < 1:
+        raise ConfigError(f"config.target.num_classes={config.target.num_classes}: must be >= 1")
+    unknown = [t for t in config.head.get("main_tasks", ()) if t not in config.model.input_tasks]
+    if unknown:
+        raise ConfigError(f"config.head.main_tasks: {unknown} are not input tasks "
+                          f"{list(config.model.input_tasks)}")
+
+
+def _validate_encoder(config) -> None:
+    mc = config.model
     try:
         encoder = presets.vit_preset(mc.size) | mc.overrides.to_dict()
     except ValueError as e:
@@ -183,7 +221,7 @@ def _validate_train(config) -> None:
         if t[field] not in DTYPES:
             raise ConfigError(f"config.train.{field}={t[field]}: "
                               f"expected one of {sorted(DTYPES)}")
-    if t.task_balancer not in BALANCERS:
+    if t.get("task_balancer", "none") not in BALANCERS:
         raise ConfigError(f"config.train.task_balancer={t.task_balancer}: expected "
                           f"one of {list(BALANCERS)}")
 

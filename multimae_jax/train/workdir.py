@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 CONFIG, RUN_INFO, HISTORY, LOCK = "config.json", "run_info.json", "history", "lock"
 #: Config fields (flattened 'a.b' prefixes) a restart may not change: the model and its
 #: adapters, the tasks, and the task balancer (whose parameters are in the optimizer state).
-IDENTITY = ("model.", "modalities.", "train.task_balancer")
+IDENTITY = ("objective", "model.", "modalities.", "train.task_balancer", "head.", "target.")
 BATCH = "data.global_batch_size"
 
 

@@ -1,0 +1,205 @@
+"""The dense fine-tuning objective: a MultiViT (input adapters of config.model.input_tasks, the
+encoder) with one dense head, trained on one target with the official loss of its script
+(`run_finetuning_semseg.py`: cross-entropy, ignore index 255, on full-resolution logits;
+`run_finetuning_depth.py`: berHu on the valid pixels; `run_finetuning_taskonomy.py`: masked L1),
+and the official fine-tuning optimizer (layer-wise lr decay, no decay for 1-D / bias / the
+model's no_weight_decay names: train/param_groups.py). The generic Trainer and loop run it.
+
+Config (configs/finetune_*.py):
+  model:  size, input_tasks, image_size, patch_size, num_global_tokens, drop_path_rate,
+          overrides (encoder fields)
+  head:   type ('convnext' | 'dpt') and that head's fields (main_tasks, ...)
+  target: name (the batch key of the target and the head's output), loss
+          ('cross_entropy' | 'berhu' | 'l1' | 'mse'), num_classes (channels of a regression
+          target), mask_valid (bool: a 'mask_valid' (B, S, S, 1) entry limits the loss)
+  data:   path + train_split / val_split (a split folder each; '' = the embedded synthetic
+          scenes), depth_inputs (inputs standardised on the host), mask (the validity mask's
+          modality, '' = none), reduce_zero_label, standardize_depth, ...
+  evals:  {name: {type, every | every_epochs, ...}} (train/evaluators)
+Inputs arrive as the dense pipeline stores them (an image modality's stored values, normalised
+on the device as the modality says; depth already standardised on the host: its modality entry
+has standardize False and scale 1).
+"""
+import jax
+import numpy as np
+
+from multimae_jax import losses, modalities, pretrained
+from multimae_jax.convert.official import official_key
+from multimae_jax.data.dense_pipeline import eval_dataset, train_dataset
+from multimae_jax.data.dense_recipes import SemsegRecipe
+from multimae_jax.data.dense_sources import make_dense_source
+from multimae_jax.data.dense_transforms import SemsegAugment
+from multimae_jax.data.synthetic import SyntheticScenes
+from multimae_jax.data.transforms import prepare_batch
+from multimae_jax.models.dense_heads import ConvNeXtAdapter, DPTOutputAdapter
+from multimae_jax.models.presets import multivit
+from multimae_jax.models.spec import example_inputs
+from multimae_jax.train.evaluators import make_evaluators
+from multimae_jax.train.param_groups import finetune_optimizer
+from multimae_jax.train.step import DTYPES
+
+HEADS = {"convnext": ConvNeXtAdapter, "dpt": DPTOutputAdapter}
+#: loss name -> (loss(pred, target, mask_valid), whether the target is a label map)
+LOSSES = {
+    "cross_entropy": (lambda pred, target, _: losses.dense_cross_entropy(pred, target), True),
+    "berhu": (losses.dense_berhu, False),
+    "l1": (losses.dense_l1, False),
+    "mse": (losses.dense_mse, False),
+}
+
+
+def input_modalities(config) -> dict:
+    """{name: Modality} of the encoder inputs, with config.modalities applied."""
+    registry = modalities.with_overrides(config.modalities.to_dict())
+    return modalities.resolve(config.model.input_tasks, registry)
+
+
+def build_model(config):
+    """The MultiViT of config.model with config.head on top, in config.train.compute_dtype."""
+    mc, hc = config.model, config.head.to_dict()
+    head_type = hc.pop("type")
+    head = HEADS[head_type](num_classes=config.target.num_classes, patch_size=mc.patch_size,
+                            dtype=DTYPES[config.train.compute_dtype], **hc)
+    return multivit(mc.size, tuple(input_modalities(config).values()),
+                    heads={config.target.name: head}, image_size=mc.image_size,
+                    patch_size=mc.patch_size, num_global_tokens=mc.num_global_tokens,
+                    dtype=DTYPES[config.train.compute_dtype],
+                    drop_path_rate=mc.drop_path_rate, **mc.overrides.to_dict())
+
+
+class FinetuneObjective:
+    """Dense fine-tuning of one target (see the module docstring)."""
+    training_pictures = False  # its evaluators draw input | prediction | ground truth
+
+    def __init__(self, config):
+        self.config = config
+        self.model = build_model(config)
+        self.inputs = input_modalities(config)
+        t = config.target
+        if t.loss not in LOSSES:
+            raise ValueError(f"config.target.loss={t.loss!r}: choose one of {sorted(LOSSES)}")
+        self.loss_fn, self.label_target = LOSSES[t.loss]
+        self.batch_keys = (tuple(self.inputs) + (t.name,)
+                           + (("mask_valid",) if t.mask_valid else ()))
+
+    def init_variables(self, key) -> dict:
+        return self.model.init(key, example_inputs(self.model))
+
+    def init_extra(self) -> dict:
+        return {}
+
+    @staticmethod
+    def base_lr(config) -> float:
+        """The fine-tuning scripts take the lr as given (no batch scaling)."""
+        return config.optimizer.lr
+
+    def lr_note(self) -> str:
+        return ""
+
+    def start_from(self, state, state_sharding, verbose: bool):
+        """The initialised state with config.init's weights (an official .pth, a pre-training
+        workdir or checkpoint, an exported file) loaded as the official fine-tuning scripts
+        load them (`pretrained.finetune_init`: decoders dropped, positional embeddings resized,
+        ...); parameters the file lacks (the head) keep their initialisation. Every process
+        reads the file and places its own shards."""
+        if not self.config.init:
+            return state
+        zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), state["params"])
+        merged, report = pretrained.finetune_init({"params": zeros}, self.config.init)
+        loaded = set(report["loaded"])
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, new, old, sharding: (
+                jax.device_put(new.astype(old.dtype), sharding)
+                if official_key([p.key for p in path]) in loaded else old),
+            merged["params"], state["params"], state_sharding["params"])
+        if verbose:
+            print(f"init: {self.config.init}: {len(loaded)} tensors loaded, "
+                  f"{len(report['kept_init'])} kept their initialisation (the head, "
+                  f"{', '.join(report['kept_init'][:3])}{', ...' if len(report['kept_init']) > 3 else ''}), "
+                  f"{len(report['ignored'])} in the file unused", flush=True)
+        return {**state, "params": params}
+
+    def make_optimizer(self, lr_schedule, wd_schedule):
+        return finetune_optimizer(self.config.optimizer, self.model, lr_schedule, wd_schedule)
+
+    def _predict(self, params, buffers, batch, key, train: bool):
+        inputs = prepare_batch({t: batch[t] for t in self.inputs}, self.inputs)
+        out = self.model.apply({"params": params, "buffers": buffers}, inputs, train=train,
+                               rngs={"dropout": key})
+        return inputs, out[self.config.target.name]
+
+    def loss(self, trainable, buffers, batch, key):
+        """(loss, {'loss': loss}) of one (micro-)batch; the loss in float32."""
+        _, pred = self._predict(trainable["params"], buffers, batch, key, train=True)
+        target = batch[self.config.target.name]
+        mask = batch["mask_valid"] if self.config.target.mask_valid else None
+        loss = self.loss_fn(pred.astype(np.float32), target, mask)
+        return loss, {"loss": loss}
+
+    def predict(self, params, buffers, batch, key):
+        """(model inputs, the head's output) of `batch`."""
+        return self._predict(params, buffers, batch, key, train=False)
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def _source(self, split: str, start: int, count: int):
+        """The split's samples: the folder data.path/<split>, or synthetic scenes start.. +
+        count (a disjoint range per split) when data.path is empty."""
+        c, d = self.config, self.config.data
+        registry = modalities.with_overrides(c.modalities.to_dict())
+        keys = self.batch_keys[:len(self.inputs)] + (c.target.name,) + ((d.mask,) if d.mask else ())
+        scenes = SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes, c.seed)
+        return make_dense_source(f"{d.path}/{split}" if d.path else "",
+                                 tuple(modalities.resolve(keys, registry).values()),
+                                 mask=d.mask or None, synthetic_scenes=scenes,
+                                 synthetic_start=start, synthetic_samples=count)
+
+    def _recipe(self, train: bool) -> SemsegRecipe:
+        c, d = self.config, self.config.data
+        images = tuple(t for t in self.inputs if t not in d.depth_inputs)
+        masks = (c.target.name, *d.depth_inputs) + ((d.mask,) if d.mask else ())
+        augment = SemsegAugment(images, masks, input_size=c.model.image_size, train=train)
+        return SemsegRecipe(augment, c.target.name, c.target.num_classes,
+                            reduce_zero_label=d.reduce_zero_label,
+                            depth_inputs=tuple(d.depth_inputs), mask=d.mask or None,
+                            standardize_depth=d.standardize_depth)
+
+    def train_data(self, process_index: int, process_count: int):
+        """(source, endless dataset of this process's training batches)."""
+        d = self.config.data
+        source = self._source(d.train_split, 0, d.synthetic_samples)
+        dataset = train_dataset(source, self._recipe(train=True),
+                                local_batch_size=d.global_batch_size // process_count,
+                                seed=self.config.seed, process_index=process_index,
+                                process_count=process_count, num_workers=d.num_workers)
+        return source, dataset
+
+    def evaluators(self, trainer, steps_per_epoch: int):
+        """({name: evaluator of config.evals}, {name: every N steps}); each reads one pass
+        of data.val_split (synthetic: the scenes after the training ones)."""
+        c, d = self.config, self.config.data
+        source = self._source(d.val_split, d.synthetic_samples, d.synthetic_eval_samples)
+
+        def batches(name, section):
+            dataset = eval_dataset(source, self._recipe(train=False),
+                                   local_batch_size=d.eval_batch_size // jax.process_count(),
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count(),
+                                   num_workers=d.num_workers)
+            return lambda: iter(dataset)
+
+        key = jax.random.key(0)  # evaluation draws nothing (no dropout or drop path)
+
+        def predict_fn(params, buffers, batch):
+            with trainer.on_mesh():
+                return self.predict(params, buffers, batch, key)[1]
+
+        evaluators = make_evaluators(
+            c.evals, predict_fn, trainer.mesh, batches, target=c.target.name,
+            num_classes=c.target.num_classes, picture_input=next(iter(self.inputs)),
+            loss=c.target.loss)
+        every = {name: int(section.get("every", 0))
+                 or max(1, round(section.every_epochs * steps_per_epoch))
+                 for name, section in c.evals.items()}
+        return evaluators, every
+
