@@ -136,9 +136,12 @@ def test_non_finite_updates_are_skipped_never_saved_and_stop_the_run(tmp_path, m
     assert int(state["skipped"]) == 0 and not integrity.non_finite(state)
 
 
-# A disk that fills up: writes past 1 MB per file fail (EFBIG; the checkpoint's largest file is
-# ~4 MB), with SIGXFSZ ignored so that the write fails instead of killing the process.
-FILLS_UP = "trap '' XFSZ; ulimit -f 1024; exec \"$@\""
+# A disk that fills up: writes past 128 KB per file fail (EFBIG), with SIGXFSZ ignored so that
+# the write fails instead of killing the process. A checkpoint holds ~7 MB of arrays in a number
+# of data files that varies with the write's timing (12 of up to 2.2 MB, or 20 of up to 0.8 MB,
+# were seen), so only a limit far below 7 MB / (number of files) makes the save fail every time;
+# the run's other files (lock, configs, event file) stay far smaller.
+FILLS_UP = "trap '' XFSZ; ulimit -f 128; exec \"$@\""
 
 
 def test_a_failed_save_stops_the_run_with_one_line_and_keeps_the_last_good_one(finished_run,
