@@ -147,7 +147,7 @@ class FinetuneObjective:
         count (a disjoint range per split) when data.path is empty."""
         c, d = self.config, self.config.data
         registry = modalities.with_overrides(c.modalities.to_dict())
-        keys = self.batch_keys[:len(self.inputs)] + (c.target.name,) + ((d.mask,) if d.mask else ())
+        keys = (*self.inputs, c.target.name) + ((d.mask,) if d.mask else ())
         scenes = SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes, c.seed)
         return make_dense_source(f"{d.path}/{split}" if d.path else "",
                                  tuple(modalities.resolve(keys, registry).values()),
