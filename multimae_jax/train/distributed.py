@@ -13,3 +13,16 @@ def maybe_initialize() -> None:
             or env.get("MULTIMAE_DISTRIBUTED") == "1"
             or int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1):
         jax.distributed.initialize()
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Waits until every process reaches `name`, through the coordination service: unlike
+    multihost_utils.sync_global_devices it runs no collective, so nothing has to be compiled or
+    connected first. Used before a program's first collective when the processes may arrive far
+    apart (each compiles it on its own): gloo gives up connecting CPU peers after 30 s.
+    No-op in one process. `name` must be unique within the run."""
+    if jax.process_count() == 1:
+        return
+    # jax has no public handle on the coordination client; Orbax uses the same one
+    from jax._src import distributed as jax_distributed
+    jax_distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from multimae_jax import checkpoint_format as fmt
 from multimae_jax.data.pipeline import global_batch
-from multimae_jax.train import checkpoint, sharding
+from multimae_jax.train import checkpoint, distributed, sharding
 from multimae_jax.train.eval_hook import EvalHook
 from multimae_jax.train import workdir as workdir_lib
 from multimae_jax.train.objectives import make_objective
@@ -151,6 +151,7 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
     fig = _schedule_figures(config, len(source), objective.base_lr)
     gb, is_main = config.data.global_batch_size, jax.process_index() == 0
     runner = Trainer(objective, config, mesh, fig["total_steps"], fig["warmup_steps"], fig["lr"])
+    distributed.barrier("run set up")  # Orbax's first collectives follow
     mngr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             runner.abstract_state, runner.state_sharding)
@@ -192,12 +193,16 @@ def _train(config, workdir: Path, changes: dict, stop_at_step: int | None) -> di
     tick, images_since = time.perf_counter(), 0
     # `saving`: the step of a save started and not yet joined; `failure`: its error
     step, saving, failure = start, None, None
+    train_step = None
     try:
         while step < total:
             local = next(data_iter)
             batch = global_batch({t: local[t] for t in objective.batch_keys},
                                  runner.batch_sharding)
-            state, metrics = runner.step(state, batch)
+            if train_step is None:  # compiled ahead, so that processes start it together
+                train_step = runner.step.lower(state, batch).compile()
+                distributed.barrier("train step compiled")
+            state, metrics = train_step(state, batch)
             step += 1
             images_since += gb
             bar.update()
