@@ -22,16 +22,16 @@ from multimae_jax.train.visualize import save_png
 METRICS = "metrics.json"
 
 
-def format_table(name: str, step: int, results: dict) -> str:
+def format_table(name: str, step: int | None, results: dict) -> str:
     """One evaluation as a two-column table a person reads at a glance."""
     width = max(len(k) for k in results)
-    lines = [f"eval '{name}' at step {step}"]
+    lines = [f"eval '{name}'" + (f" at step {step}" if step is not None else "")]
     lines += [f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}"
               for k, v in results.items()]
     return "\n".join(lines)
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
     """Atomic: a crash leaves the previous file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "w") as f:
@@ -84,7 +84,7 @@ class EvalHook:
                 save_png(picture, self.workdir / "pictures" / f"{name}_step_{step:07d}.png")
         if done and self.is_main:
             self.history = [e for e in self.history if e["step"] != step] + [{"step": step, **done}]
-            _write_json(self.workdir / METRICS, self.history)
+            write_json(self.workdir / METRICS, self.history)
         return done
 
     def _save_best(self, name: str, step: int, state) -> None:

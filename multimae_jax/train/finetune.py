@@ -11,10 +11,13 @@ Config (configs/finetune_*.py):
   head:   type ('convnext' | 'dpt') and that head's fields (main_tasks, ...)
   target: name (the batch key of the target and the head's output), loss
           ('cross_entropy' | 'berhu' | 'l1' | 'mse'), num_classes (channels of a regression
-          target), mask_valid (bool: a 'mask_valid' (B, S, S, 1) entry limits the loss)
-  data:   path + train_split / val_split (a split folder each; '' = the embedded synthetic
-          scenes), depth_inputs (inputs standardised on the host), mask (the validity mask's
-          modality, '' = none), reduce_zero_label, standardize_depth, ...
+          target), mask_valid (bool: a 'mask_valid' (B, S, S, 1) entry limits the loss),
+          mean / std (recipe 'depth': the target is (depth - mean) / std; metrics invert it)
+  data:   recipe ('semseg' | 'depth': `RECIPES`), path + train_split / val_split (a split
+          folder each; '' = the embedded synthetic scenes), max_val_images (> 0: the official
+          random subset of the validation split), mask (the validity mask's modality, '' =
+          none); recipe 'semseg': depth_inputs (inputs standardised on the host),
+          reduce_zero_label, standardize_depth; recipe 'depth': color_augs
   evals:  {name: {type, every | every_epochs, ...}} (train/evaluators)
 Inputs arrive as the dense pipeline stores them (an image modality's stored values, normalised
 on the device as the modality says; depth already standardised on the host: its modality entry
@@ -26,9 +29,9 @@ import numpy as np
 from multimae_jax import losses, modalities, pretrained
 from multimae_jax.convert.official import official_key
 from multimae_jax.data.dense_pipeline import eval_dataset, train_dataset
-from multimae_jax.data.dense_recipes import SemsegRecipe
+from multimae_jax.data.dense_recipes import DepthRecipe, SemsegRecipe
 from multimae_jax.data.dense_sources import make_dense_source
-from multimae_jax.data.dense_transforms import SemsegAugment
+from multimae_jax.data.dense_transforms import NyuAugment, SemsegAugment
 from multimae_jax.data.synthetic import SyntheticScenes
 from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.dense_heads import ConvNeXtAdapter, DPTOutputAdapter
@@ -39,6 +42,8 @@ from multimae_jax.train.param_groups import finetune_optimizer
 from multimae_jax.train.step import DTYPES
 
 HEADS = {"convnext": ConvNeXtAdapter, "dpt": DPTOutputAdapter}
+#: config.data.recipe -> the official script whose data path it follows
+RECIPES = {"semseg": "run_finetuning_semseg.py", "depth": "run_finetuning_depth.py"}
 #: loss name -> (loss(pred, target, mask_valid), whether the target is a label map)
 LOSSES = {
     "cross_entropy": (lambda pred, target, _: losses.dense_cross_entropy(pred, target), True),
@@ -142,9 +147,10 @@ class FinetuneObjective:
 
     # --- data ---------------------------------------------------------------------------------
 
-    def _source(self, split: str, start: int, count: int):
+    def _source(self, split: str, start: int, count: int, max_images: int | None = None):
         """The split's samples: the folder data.path/<split>, or synthetic scenes start.. +
-        count (a disjoint range per split) when data.path is empty."""
+        count (a disjoint range per split) when data.path is empty; of these, the official
+        random subset of `max_images` (`dense_sources.official_subset`) if given."""
         c, d = self.config, self.config.data
         registry = modalities.with_overrides(c.modalities.to_dict())
         keys = (*self.inputs, c.target.name) + ((d.mask,) if d.mask else ())
@@ -152,9 +158,14 @@ class FinetuneObjective:
         return make_dense_source(f"{d.path}/{split}" if d.path else "",
                                  tuple(modalities.resolve(keys, registry).values()),
                                  mask=d.mask or None, synthetic_scenes=scenes,
-                                 synthetic_start=start, synthetic_samples=count)
+                                 synthetic_start=start, synthetic_samples=count,
+                                 max_images=max_images)
 
-    def _recipe(self, train: bool) -> SemsegRecipe:
+    def _recipe(self, train: bool):
+        """The host-side sample -> batch row mapping of config.data.recipe."""
+        return getattr(self, f"_{self.config.data.recipe}_recipe")(train)
+
+    def _semseg_recipe(self, train: bool) -> SemsegRecipe:
         c, d = self.config, self.config.data
         images = tuple(t for t in self.inputs if t not in d.depth_inputs)
         masks = (c.target.name, *d.depth_inputs) + ((d.mask,) if d.mask else ())
@@ -163,6 +174,13 @@ class FinetuneObjective:
                             reduce_zero_label=d.reduce_zero_label,
                             depth_inputs=tuple(d.depth_inputs), mask=d.mask or None,
                             standardize_depth=d.standardize_depth)
+
+    def _depth_recipe(self, train: bool) -> DepthRecipe:
+        c, d = self.config, self.config.data
+        augment = NyuAugment(tuple(self.inputs), (c.target.name, d.mask),
+                             input_size=c.model.image_size, train=train,
+                             **({} if d.color_augs else {"jitter": None, "gray_p": 0.0}))
+        return DepthRecipe(augment, c.target.name, d.mask, c.target.mean, c.target.std)
 
     def train_data(self, process_index: int, process_count: int):
         """(source, endless dataset of this process's training batches)."""
@@ -178,7 +196,8 @@ class FinetuneObjective:
         """({name: evaluator of config.evals}, {name: every N steps}); each reads one pass
         of data.val_split (synthetic: the scenes after the training ones)."""
         c, d = self.config, self.config.data
-        source = self._source(d.val_split, d.synthetic_samples, d.synthetic_eval_samples)
+        source = self._source(d.val_split, d.synthetic_samples, d.synthetic_eval_samples,
+                              d.max_val_images if d.max_val_images > 0 else None)
 
         def batches(name, section):
             dataset = eval_dataset(source, self._recipe(train=False),
@@ -197,7 +216,7 @@ class FinetuneObjective:
         evaluators = make_evaluators(
             c.evals, predict_fn, trainer.mesh, batches, target=c.target.name,
             num_classes=c.target.num_classes, picture_input=next(iter(self.inputs)),
-            loss=c.target.loss)
+            loss=c.target.loss, **{k: c.target[k] for k in ("mean", "std") if k in c.target})
         every = {name: int(section.get("every", 0))
                  or max(1, round(section.every_epochs * steps_per_epoch))
                  for name, section in c.evals.items()}

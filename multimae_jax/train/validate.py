@@ -133,8 +133,24 @@ def _validate_decoder(config) -> None:
 
 
 def _validate_finetune(config) -> None:
-    """The head, the target and its loss (train/finetune.py)."""
-    from multimae_jax.train.finetune import HEADS, LOSSES  # the objective's own tables
+    """The data recipe, the head, the target and its loss (train/finetune.py)."""
+    from multimae_jax.train.finetune import HEADS, LOSSES, RECIPES  # the objective's tables
+    d, t = config.data, config.target
+    if d.recipe not in RECIPES:
+        raise ConfigError(f"config.data.recipe={d.recipe!r}: expected one of {sorted(RECIPES)}")
+    if d.max_val_images != -1 and d.max_val_images < 1:
+        raise ConfigError(f"config.data.max_val_images={d.max_val_images}: must be -1 (every "
+                          "image) or a positive count")
+    if t.mask_valid and d.mask != "mask_valid":
+        raise ConfigError(f"config.target.mask_valid=True needs config.data.mask='mask_valid' "
+                          f"(the loss reads that batch entry), not {d.mask!r}")
+    if d.recipe == "depth":
+        if not d.mask:
+            raise ConfigError("config.data.recipe='depth' needs a validity mask: set "
+                              "config.data.mask='mask_valid' and config.target.mask_valid=True")
+        if t.get("std", 0) <= 0 or "mean" not in t:
+            raise ConfigError(f"config.target.mean / std: the depth recipe standardises the "
+                              f"target with them; std must be > 0, got {t.get('std')}")
     if config.head.type not in HEADS:
         raise ConfigError(f"config.head.type={config.head.type!r}: expected one of {sorted(HEADS)}")
     if config.target.loss not in LOSSES:
@@ -146,6 +162,24 @@ def _validate_finetune(config) -> None:
     if unknown:
         raise ConfigError(f"config.head.main_tasks: {unknown} are not input tasks "
                           f"{list(config.model.input_tasks)}")
+    if config.head.type == "dpt":
+        _validate_dpt(config)
+
+
+def _validate_dpt(config) -> None:
+    """DPT reads four encoder blocks and fuses token grids halved and doubled in size."""
+    mc = config.model
+    try:
+        depth = (presets.vit_preset(mc.size) | mc.overrides.to_dict())["depth"]
+    except ValueError as e:
+        raise ConfigError(f"config.model.size={mc.size}: {e}") from None
+    hooks = tuple(config.head.hooks)
+    if len(hooks) != 4 or not all(0 <= h < depth for h in hooks):
+        raise ConfigError(f"config.head.hooks={hooks}: DPT needs four encoder block indices in "
+                          f"0..{depth - 1} (the encoder has {depth} blocks)")
+    if (mc.image_size // mc.patch_size) % 2:
+        raise ConfigError(f"config.model.image_size={mc.image_size}: the DPT head needs an even "
+                          f"number of patches per side (a multiple of {2 * mc.patch_size})")
 
 
 def _validate_encoder(config) -> None:

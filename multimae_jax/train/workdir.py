@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 CONFIG, RUN_INFO, HISTORY, LOCK = "config.json", "run_info.json", "history", "lock"
 #: Config fields (flattened 'a.b' prefixes) a restart may not change: the model and its
 #: adapters, the tasks, and the task balancer (whose parameters are in the optimizer state).
-IDENTITY = ("objective", "model.", "modalities.", "train.task_balancer", "head.", "target.")
+IDENTITY = ("objective", "model.", "modalities.", "train.task_balancer", "head.", "target.",
+            "data.recipe")
 BATCH = "data.global_batch_size"
 
 

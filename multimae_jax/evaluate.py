@@ -1,0 +1,109 @@
+"""python -m multimae_jax.evaluate --config=configs/finetune_*.py:VARIANT --checkpoint=PATH
+    [--output_dir=DIR] [--config.a.b=v]
+
+Evaluates fine-tuned weights stand-alone with the config's evaluators (config.evals, on
+data.val_split; e.g. --config.data.val_split=test, --config.data.max_val_images=-1): prints a
+metrics table per evaluator and writes DIR/metrics.json ({'checkpoint', 'step', <evaluator>:
+{metric: value}}) and DIR/<evaluator>.png (input | prediction | ground truth). DIR defaults to
+'evaluation'.
+
+PATH is a fine-tuning workdir (its latest checkpoint; WORKDIR/best_val holds the best one), an
+Orbax checkpoint folder of ours (WORKDIR/checkpoints/<step>), an exported .safetensors / .npz,
+or an official .pth of a fine-tuned MultiViT. Weights must fit the config's model exactly (the
+inputs, the head, its classes): anything else is refused with the missing, unexpected and
+wrongly shaped tensors listed. Several processes evaluate together (every sample once);
+process 0 writes. Exit codes as multimae_jax.main (2: a bad config, checkpoint or data file).
+"""
+import sys
+from pathlib import Path
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from multimae_jax import checkpoint_format as fmt
+from multimae_jax import pretrained
+from multimae_jax.convert import official
+from multimae_jax.models import spec
+from multimae_jax.train import distributed, sharding
+from multimae_jax.train.eval_hook import format_table, write_json
+from multimae_jax.train.finetune import FinetuneObjective
+from multimae_jax.train.step import Trainer
+from multimae_jax.train.validate import ConfigError, validate
+from multimae_jax.train.visualize import save_png
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/finetune_*.py file",
+                                          lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, checkpoint folder or weights file")
+_OUTPUT = flags.DEFINE_string("output_dir", "evaluation", "where metrics.json and pictures go")
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's weights are not the config's model."""
+
+
+def load_weights(model, path) -> tuple[dict, int | None]:
+    """(variables of `model` as numpy, the checkpoint's step or None) from `path` (see the
+    module docstring). A folder's weights go through the official naming, as a file's do, so
+    that every format is checked against `model` the same way."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if path.is_dir():
+        folder = fmt.find(path)
+        _, variables = fmt.load_checkpoint(folder)
+        state_dict, step = official.flax_to_official(variables), int(folder.name)
+    else:
+        state_dict, step = pretrained.official_state_dict(path)[0], None
+    try:
+        return official.official_to_flax(state_dict, spec.abstract_variables(model),
+                                         str(path)), step
+    except ValueError as e:
+        raise CheckpointMismatchError(f"{e}\n(the config's model: {type(model).__name__} with "
+                                      f"the config's inputs and head)") from None
+
+
+def evaluate(config, checkpoint, output_dir) -> dict:
+    """{evaluator: {metric: value}} of the weights at `checkpoint`; see the module docstring."""
+    validate(config, jax.device_count(), jax.process_count())
+    if config.get("objective") != "finetune":
+        raise ConfigError(f"config.objective={config.get('objective')!r}: evaluate runs the "
+                          "evaluators of a fine-tuning config (configs/finetune_*.py)")
+    objective = FinetuneObjective(config)
+    mesh = sharding.make_mesh(config.mesh.to_dict())
+    trainer = Trainer(objective, config, mesh, 1, 0, objective.base_lr(config))
+    variables, step = load_weights(objective.model, checkpoint)
+    state_sharding = {k: trainer.state_sharding[k] for k in variables}
+    state = jax.tree.map(lambda x, s: jax.device_put(x, s), variables, state_sharding)
+    evaluators, _ = objective.evaluators(trainer, 1)
+    is_main, output_dir = jax.process_index() == 0, Path(output_dir)
+    results = {}
+    for name, ev in evaluators.items():
+        results[name] = ev.run(state)
+        picture = ev.pictures(state, 4)
+        if is_main:
+            print(format_table(name, step, results[name]), flush=True)
+            save_png(picture, output_dir / f"{name}.png")
+    if is_main:
+        report = {"checkpoint": str(checkpoint), "step": step, **results}
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json(output_dir / "metrics.json", report)
+        print(f"wrote {output_dir / 'metrics.json'}", flush=True)
+    return results
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    distributed.maybe_initialize()
+    try:
+        evaluate(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value)
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, CorruptFileError, a mismatch,
+        # a folder that is no checkpoint, an unreadable file: each names the field or file
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("checkpoint")
+    app.run(main)

@@ -1,0 +1,92 @@
+"""The sections every fine-tuning config shares (configs/finetune_semseg.py, finetune_depth.py;
+here in the package so that a config file loads from any working directory):
+a MultiViT from a pre-trained MultiMAE, one dense head, the official fine-tuning optimizer
+(train/param_groups.py) and the generic training loop; and the shrinking of a recipe to its
+`_tiny` sibling, which fine-tunes on the embedded synthetic scenes in a few CPU minutes."""
+import ml_collections
+
+from multimae_jax import modalities
+from multimae_jax.train.param_groups import finetune_optimizer_fields
+
+
+def finetune_config(*, input_tasks, image_size: int, batch: int, eval_batch: int,
+                    epochs: int, compute_dtype: str, drop_path: float) -> ml_collections.ConfigDict:
+    """Everything but the head, the target, the data recipe and the evaluators."""
+    c = ml_collections.ConfigDict()
+    c.objective = "finetune"
+    c.seed = 0
+    c.init = ""  # the pre-trained weights (.pth, workdir, checkpoint, export); empty: scratch
+
+    c.model = ml_collections.ConfigDict()
+    c.model.size = "base"
+    c.model.input_tasks = tuple(input_tasks)
+    c.model.image_size = image_size
+    c.model.patch_size = 16
+    c.model.num_global_tokens = 1
+    c.model.drop_path_rate = drop_path
+    c.model.overrides = ml_collections.ConfigDict()
+
+    # every modality's fields (multimae_jax/modalities.py); the validity mask is one more
+    c.modalities = ml_collections.ConfigDict(
+        {n: m.to_dict() for n, m in modalities.MODALITIES.items()})
+    c.modalities.mask_valid = modalities.Modality(
+        "mask_valid", channels=1, storage="uint8", resample="nearest", draw="colormap").to_dict()
+
+    c.data = ml_collections.ConfigDict()
+    c.data.path = ""  # empty: the embedded synthetic scenes
+    c.data.train_split = "train"
+    c.data.val_split = "val"
+    c.data.max_val_images = -1  # > 0: the official random subset of that many; -1: every one
+    c.data.global_batch_size = batch
+    c.data.eval_batch_size = eval_batch
+    c.data.num_workers = 8
+    c.data.mask = ""  # the validity mask's modality ('' = none)
+    # data.path empty: synthetic scenes, the first synthetic_samples for training, the next
+    # synthetic_eval_samples for evaluation
+    c.data.synthetic_samples = 1000
+    c.data.synthetic_eval_samples = 200
+    c.data.synthetic_classes = 41
+
+    c.optimizer = finetune_optimizer_fields()
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = epochs
+    c.train.num_steps = -1
+    c.train.compute_dtype = compute_dtype
+    c.train.residual_dtype = "float32"
+    c.train.remat = False
+    c.train.grad_accum_steps = 1
+    c.train.fsdp_min_size = 2 ** 18
+    c.train.max_nonfinite_steps = 20
+    c.train.log_every = 50
+    c.train.picture_every = 1000  # unused: fine-tuning draws through its evaluators
+    c.train.checkpoint_every = 1000
+    c.train.keep_checkpoints = 2
+    c.train.checkpoint_fallback = True
+    c.train.allow_batch_size_change = False
+
+    c.evals = ml_collections.ConfigDict()
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    return c
+
+
+def shrink_to_tiny(c: ml_collections.ConfigDict) -> None:
+    """The `_tiny` sibling of a recipe, in place: a 4-block 96-wide encoder at 64 px on 640
+    synthetic training scenes (64 for evaluation), 4 epochs at lr 1e-3, float32, evaluated every
+    epoch. The head and the target keep their kind; configs shrink those themselves."""
+    c.model.size = "tiny"
+    c.model.image_size = 64
+    c.model.overrides = ml_collections.ConfigDict(dict(dim_tokens=96, depth=4, num_heads=3))
+    c.model.drop_path_rate = 0.0
+    c.data.global_batch_size = 16
+    c.data.eval_batch_size = 16
+    c.data.num_workers = 0
+    c.data.synthetic_samples = 640
+    c.data.synthetic_eval_samples = 64
+    c.optimizer.lr = 1e-3
+    c.train.epochs = 4
+    c.train.compute_dtype = "float32"
+    c.train.log_every = 20
+    c.train.checkpoint_every = 40
+    for section in c.evals.values():
+        section.every_epochs = 1
