@@ -32,12 +32,6 @@ from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import save_png
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/finetune_*.py file",
-                                          lock_config=True)
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "workdir, checkpoint folder or weights file")
-_OUTPUT = flags.DEFINE_string("output_dir", "evaluation", "where metrics.json and pictures go")
-
-
 class CheckpointMismatchError(ValueError):
     """The checkpoint's weights are not the config's model."""
 
@@ -92,12 +86,23 @@ def evaluate(config, checkpoint, output_dir) -> dict:
     return results
 
 
+def _define_flags() -> None:
+    """Defined only when run as a program: importing `evaluate` (tests, notebooks) beside
+    another absl program's module must not define --config twice."""
+    config_flags.DEFINE_config_file("config", None, "a configs/finetune_*.py file",
+                                    lock_config=True)
+    flags.DEFINE_string("checkpoint", None, "workdir, checkpoint folder or weights file")
+    flags.DEFINE_string("output_dir", "evaluation", "where metrics.json and pictures go")
+    flags.mark_flag_as_required("checkpoint")
+
+
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     distributed.maybe_initialize()
+    f = flags.FLAGS
     try:
-        evaluate(_CONFIG.value, _CHECKPOINT.value, _OUTPUT.value)
+        evaluate(f.config, f.checkpoint, f.output_dir)
     except (ValueError, FileNotFoundError) as e:  # ConfigError, CorruptFileError, a mismatch,
         # a folder that is no checkpoint, an unreadable file: each names the field or file
         print(f"error: {e}", file=sys.stderr)
@@ -105,5 +110,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("checkpoint")
+    _define_flags()
     app.run(main)

@@ -3,7 +3,11 @@ regresses the standardised depth with berHu, the evaluator scores the official v
 with the NYU metrics de-normalised by the config's mean and std, bad configs are refused, and
 `multimae_jax.evaluate` scores a saved checkpoint stand-alone."""
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +23,9 @@ from multimae_jax.train.finetune import FinetuneObjective
 from multimae_jax.train.loop import train
 from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
+from xla_flags import cpu_flags
+
+REPO = Path(__file__).resolve().parents[1]
 
 # nyu_tiny at 32 px (2 x 2 patches: DPT's even grid) with a one-block encoder hooked four times
 SMALL_DEPTH = {
@@ -131,3 +138,19 @@ def test_evaluate_refuses_weights_of_another_architecture(finetuned, tmp_path):
     with pytest.raises(CheckpointMismatchError, match=re.escape(
             f"{workdir / 'best_val'} does not match the model")):
         evaluate(config, workdir / "best_val", tmp_path)
+
+
+def test_the_evaluate_command_writes_its_table_and_refuses_a_mismatch(finetuned, tmp_path):
+    workdir, _ = finetuned
+    cmd = [sys.executable, "-m", "multimae_jax.evaluate",
+           "--config=configs/finetune_depth.py:nyu_tiny", f"--checkpoint={workdir / 'best_val'}", f"--output_dir={tmp_path}",
+           *(f"--config.{k}={v}" for k, v in SMALL_DEPTH.items() if not k.startswith("train."))]
+    env = {**os.environ, "XLA_FLAGS": cpu_flags(1)}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"eval 'val' at step {_best(workdir)['step']}" in out.stdout
+    assert json.loads((tmp_path / "metrics.json").read_text())["val"]["samples"] == 10
+    cmd[3] = "--config=configs/finetune_semseg.py:nyu_rgb_tiny"
+    out = subprocess.run(cmd[:5] + ["--config.model.image_size=32"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "does not match the model" in out.stderr, out.stderr[-3000:]

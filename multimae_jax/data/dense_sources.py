@@ -154,7 +154,8 @@ def official_subset(num_samples: int, max_images: int) -> np.ndarray:
 
 
 def make_dense_source(path: str, modalities, *, split_csv: str = "",
-                      max_images: int | None = None, mask: str | None = None,
+                      taskonomy_folders=None, max_images: int | None = None,
+                      mask: str | None = None,
                       allow_incomplete: bool = False, tfds_fields=None,
                       synthetic_scenes: SyntheticScenes | None = None, synthetic_start: int = 0,
                       synthetic_samples: int | None = None):
@@ -162,7 +163,8 @@ def make_dense_source(path: str, modalities, *, split_csv: str = "",
     names) to read, the validity mask `mask` included.
 
     path '' -> `synthetic_scenes` [synthetic_start, + synthetic_samples), rendering `mask`;
-    split_csv -> Taskonomy under `path`, the first max_images rows;
+    split_csv -> Taskonomy under `path`, the first max_images rows (taskonomy_folders: {key:
+    folder} where they differ);
     'tfds:NAME[:SPLIT]' -> TFDS; a folder with meta.json -> packed shards; else the split folder
     `path` (e.g. nyu/train). For these three, max_images is the official random subset.
     """
@@ -175,7 +177,8 @@ def make_dense_source(path: str, modalities, *, split_csv: str = "",
             raise ValueError(f"the synthetic scenes have {list(source.keys)}, not "
                              f"{sorted(unknown)}; set data.path to a dataset that has them")
     elif split_csv:
-        return TaskonomySource(path, split_csv, modalities, max_images)
+        return TaskonomySource(path, split_csv, modalities, max_images,
+                               folders=taskonomy_folders)
     elif path.startswith("tfds:"):
         mods = resolve(modalities)
         source = DecodedSource(TfdsSource(*parse_tfds_path(path), tuple(mods.values()),

@@ -52,16 +52,19 @@ def _read_as_stored(path: Path) -> np.ndarray:
 
 class TaskonomySource:
     """Taskonomy samples of a split CSV: for each row (building, point, view), the file
-    root/<task>/<building>/point_<p>_view_<v>_domain_<domain>.png of every task, decoded as
-    stored (`_read_as_stored`); domain = file_domains.get(task, task). Every file is checked to
-    exist at construction (the official loader fails at the first missing one, mid-run)."""
+    root/<folder>/<building>/point_<p>_view_<v>_domain_<domain>.png of every task, decoded as
+    stored (`_read_as_stored`), under the task's key. folder = folders.get(task, task) (e.g.
+    the key 'depth' of the official rgb2depth head reads the folder depth_zbuffer); domain =
+    file_domains.get(folder, folder). Every file is checked to exist at construction (the
+    official loader fails at the first missing one, mid-run)."""
 
     def __init__(self, root, split_csv, tasks, max_images: int | None = None,
-                 file_domains=None):
+                 file_domains=None, folders=None):
         self.root, self.split_csv = Path(root), str(split_csv)
         self.tasks = folder_names(tasks)
-        self.domains = {t: (TASKONOMY_FILE_DOMAINS if file_domains is None else file_domains
-                            ).get(t, t) for t in self.tasks}
+        self.folders = {t: (folders or {}).get(t, t) for t in self.tasks}
+        domains = TASKONOMY_FILE_DOMAINS if file_domains is None else file_domains
+        self.domains = {t: domains.get(f, f) for t, f in self.folders.items()}
         self.ids = read_split_csv(split_csv, max_images)
         if not self.ids:
             raise ValueError(f"{split_csv}: no rows")
@@ -73,8 +76,8 @@ class TaskonomySource:
 
     def paths(self, index: int) -> dict[str, Path]:
         building, point, view = self.ids[index]
-        return {t: self.root / t / building / f"point_{point}_view_{view}_domain_{d}.png"
-                for t, d in self.domains.items()}
+        return {t: self.root / self.folders[t] / building
+                / f"point_{point}_view_{view}_domain_{self.domains[t]}.png" for t in self.tasks}
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -13,26 +13,32 @@ Config (configs/finetune_*.py):
           ('cross_entropy' | 'berhu' | 'l1' | 'mse'), num_classes (channels of a regression
           target), mask_valid (bool: a 'mask_valid' (B, S, S, 1) entry limits the loss),
           mean / std (recipe 'depth': the target is (depth - mean) / std; metrics invert it)
-  data:   recipe ('semseg' | 'depth': `RECIPES`), path + train_split / val_split (a split
-          folder each; '' = the embedded synthetic scenes), max_val_images (> 0: the official
-          random subset of the validation split), mask (the validity mask's modality, '' =
-          none); recipe 'semseg': depth_inputs (inputs standardised on the host),
-          reduce_zero_label, standardize_depth; recipe 'depth': color_augs
+  data:   recipe ('semseg' | 'depth' | 'taskonomy': `RECIPES`), path + train_split /
+          val_split (a split folder each, a split CSV for Taskonomy; path '' = the embedded
+          synthetic scenes), max_train_images / max_val_images (> 0: the official selection:
+          a folder's random subset, Taskonomy's first rows), mask (the validity mask's
+          modality, '' = none); recipe 'semseg': depth_inputs (inputs standardised on the
+          host), reduce_zero_label, standardize_depth; 'depth': color_augs; 'taskonomy':
+          taskonomy_task (the target's Taskonomy domain: its folder and preprocessing),
+          taskonomy_overrides (TaskonomyTask fields)
   evals:  {name: {type, every | every_epochs, ...}} (train/evaluators)
 Inputs arrive as the dense pipeline stores them (an image modality's stored values, normalised
 on the device as the modality says; depth already standardised on the host: its modality entry
 has standardize False and scale 1).
 """
+import dataclasses
+
 import jax
 import numpy as np
 
 from multimae_jax import losses, modalities, pretrained
 from multimae_jax.convert.official import official_key
 from multimae_jax.data.dense_pipeline import eval_dataset, train_dataset
-from multimae_jax.data.dense_recipes import DepthRecipe, SemsegRecipe
+from multimae_jax.data.dense_recipes import DepthRecipe, SemsegRecipe, TaskonomyRecipe
 from multimae_jax.data.dense_sources import make_dense_source
 from multimae_jax.data.dense_transforms import NyuAugment, SemsegAugment
 from multimae_jax.data.synthetic import SyntheticScenes
+from multimae_jax.data.taskonomy_transforms import TASKONOMY_TASKS
 from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.dense_heads import ConvNeXtAdapter, DPTOutputAdapter
 from multimae_jax.models.presets import multivit
@@ -43,7 +49,8 @@ from multimae_jax.train.step import DTYPES
 
 HEADS = {"convnext": ConvNeXtAdapter, "dpt": DPTOutputAdapter}
 #: config.data.recipe -> the official script whose data path it follows
-RECIPES = {"semseg": "run_finetuning_semseg.py", "depth": "run_finetuning_depth.py"}
+RECIPES = {"semseg": "run_finetuning_semseg.py", "depth": "run_finetuning_depth.py",
+           "taskonomy": "run_finetuning_taskonomy.py"}
 #: loss name -> (loss(pred, target, mask_valid), whether the target is a label map)
 LOSSES = {
     "cross_entropy": (lambda pred, target, _: losses.dense_cross_entropy(pred, target), True),
@@ -154,7 +161,12 @@ class FinetuneObjective:
         c, d = self.config, self.config.data
         registry = modalities.with_overrides(c.modalities.to_dict())
         keys = (*self.inputs, c.target.name) + ((d.mask,) if d.mask else ())
-        scenes = SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes, c.seed)
+        scenes = SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
+                                 d.synthetic_seed)
+        if d.recipe == "taskonomy" and d.path:  # split: a split CSV of Taskonomy rows
+            return make_dense_source(d.path, tuple(modalities.resolve(keys, registry).values()),
+                                     split_csv=split, max_images=max_images,
+                                     taskonomy_folders={c.target.name: d.taskonomy_task})
         return make_dense_source(f"{d.path}/{split}" if d.path else "",
                                  tuple(modalities.resolve(keys, registry).values()),
                                  mask=d.mask or None, synthetic_scenes=scenes,
@@ -182,10 +194,22 @@ class FinetuneObjective:
                              **({} if d.color_augs else {"jitter": None, "gray_p": 0.0}))
         return DepthRecipe(augment, c.target.name, d.mask, c.target.mean, c.target.std)
 
+    def _taskonomy_recipe(self, train: bool) -> TaskonomyRecipe:
+        """No augmentation (train and eval alike). The inputs and the target are preprocessed
+        as their Taskonomy domains (the target's: data.taskonomy_task, with the
+        TaskonomyTask fields of data.taskonomy_overrides)."""
+        del train
+        c, d = self.config, self.config.data
+        target = dataclasses.replace(TASKONOMY_TASKS[d.taskonomy_task],
+                                     **d.taskonomy_overrides.to_dict())
+        tasks = {t: TASKONOMY_TASKS[t] for t in self.inputs} | {c.target.name: target}
+        return TaskonomyRecipe(tasks, tuple(self.inputs), d.mask, c.model.image_size)
+
     def train_data(self, process_index: int, process_count: int):
         """(source, endless dataset of this process's training batches)."""
         d = self.config.data
-        source = self._source(d.train_split, 0, d.synthetic_samples)
+        source = self._source(d.train_split, 0, d.synthetic_samples,
+                              d.max_train_images if d.max_train_images > 0 else None)
         dataset = train_dataset(source, self._recipe(train=True),
                                 local_batch_size=d.global_batch_size // process_count,
                                 seed=self.config.seed, process_index=process_index,

@@ -36,7 +36,10 @@ def finetune_config(*, input_tasks, image_size: int, batch: int, eval_batch: int
     c.data.path = ""  # empty: the embedded synthetic scenes
     c.data.train_split = "train"
     c.data.val_split = "val"
-    c.data.max_val_images = -1  # > 0: the official random subset of that many; -1: every one
+    # > 0: the official selection of that many (a folder's random subset, Taskonomy's first
+    # rows); -1: every sample
+    c.data.max_train_images = -1
+    c.data.max_val_images = -1
     c.data.global_batch_size = batch
     c.data.eval_batch_size = eval_batch
     c.data.num_workers = 8
@@ -46,6 +49,9 @@ def finetune_config(*, input_tasks, image_size: int, batch: int, eval_batch: int
     c.data.synthetic_samples = 1000
     c.data.synthetic_eval_samples = 200
     c.data.synthetic_classes = 41
+    # other scenes than pre-training's (configs/pretrain.py renders seed 0), so that a tiny
+    # pre-trained MultiMAE has never seen the fine-tuning validation scenes
+    c.data.synthetic_seed = 1
 
     c.optimizer = finetune_optimizer_fields()
 

@@ -138,16 +138,19 @@ def _validate_finetune(config) -> None:
     d, t = config.data, config.target
     if d.recipe not in RECIPES:
         raise ConfigError(f"config.data.recipe={d.recipe!r}: expected one of {sorted(RECIPES)}")
-    if d.max_val_images != -1 and d.max_val_images < 1:
-        raise ConfigError(f"config.data.max_val_images={d.max_val_images}: must be -1 (every "
-                          "image) or a positive count")
+    for field in ("max_train_images", "max_val_images"):
+        if d[field] != -1 and d[field] < 1:
+            raise ConfigError(f"config.data.{field}={d[field]}: must be -1 (every image) or a "
+                              "positive count")
     if t.mask_valid and d.mask != "mask_valid":
         raise ConfigError(f"config.target.mask_valid=True needs config.data.mask='mask_valid' "
                           f"(the loss reads that batch entry), not {d.mask!r}")
+    if d.recipe in ("depth", "taskonomy") and not d.mask:
+        raise ConfigError(f"config.data.recipe={d.recipe!r} needs a validity mask: set "
+                          "config.data.mask='mask_valid' and config.target.mask_valid=True")
+    if d.recipe == "taskonomy":
+        _validate_taskonomy(config)
     if d.recipe == "depth":
-        if not d.mask:
-            raise ConfigError("config.data.recipe='depth' needs a validity mask: set "
-                              "config.data.mask='mask_valid' and config.target.mask_valid=True")
         if t.get("std", 0) <= 0 or "mean" not in t:
             raise ConfigError(f"config.target.mean / std: the depth recipe standardises the "
                               f"target with them; std must be > 0, got {t.get('std')}")
@@ -164,6 +167,21 @@ def _validate_finetune(config) -> None:
                           f"{list(config.model.input_tasks)}")
     if config.head.type == "dpt":
         _validate_dpt(config)
+
+
+def _validate_taskonomy(config) -> None:
+    import dataclasses
+    from multimae_jax.data.taskonomy_transforms import TASKONOMY_TASKS, TaskonomyTask
+    d = config.data
+    unknown = [t for t in (*config.model.input_tasks, d.taskonomy_task) if t not in TASKONOMY_TASKS]
+    if unknown:
+        raise ConfigError(f"config.data.taskonomy_task / config.model.input_tasks: {unknown} are "
+                          f"not Taskonomy domains (known: {sorted(TASKONOMY_TASKS)})")
+    fields = {f.name for f in dataclasses.fields(TaskonomyTask)}
+    bad = sorted(set(d.taskonomy_overrides) - fields)
+    if bad:
+        raise ConfigError(f"config.data.taskonomy_overrides: {bad} are not TaskonomyTask fields "
+                          f"{sorted(fields)}")
 
 
 def _validate_dpt(config) -> None:
