@@ -14,7 +14,7 @@ class CorruptFileError(ValueError):
     """A file that cannot be decoded as its modality expects; the message names the file."""
 
 
-def _open_image(data: bytes, where: str) -> Image.Image:
+def open_image(data: bytes, where: str) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
@@ -30,7 +30,7 @@ def decode(modality: Modality, data: bytes, where: str) -> np.ndarray:
             return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
         except Exception as e:
             raise CorruptFileError(f"{where}: cannot decode .npy ({e})") from e
-    img = _open_image(data, where)
+    img = open_image(data, where)
     if modality.storage == "rgb8":
         return np.asarray(img.convert("RGB"))
     arr = np.asarray(img)

@@ -13,7 +13,7 @@ batch, S = the recipe's input size; which key plays which part is the recipe's (
 - evaluation batches only: 'valid' bool (B,), False for the padding rows.
 
 Training (`train_dataset`) is endless: epoch after epoch a fresh seeded permutation, cut into
-global batches of which each process takes its rows (`pipeline._ProcessStream`); the random
+global batches of which each process takes its rows (`pipeline.ProcessStream`); the random
 augmentation of a sample comes from (seed, its global position), so a batch depends on the
 seed and the global batch size only, and the iterator's state (get_state / set_state, saved by
 `train.checkpoint.save` like the pre-training one) resumes it exactly. Evaluation
@@ -28,7 +28,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from multimae_jax.data.pipeline import _ProcessStream
+from multimae_jax.data.pipeline import ProcessStream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +96,7 @@ def train_dataset(source, recipe, *, local_batch_size: int, seed: int = 0,
     `recipe`: a training recipe of `dense_recipes` (its augmentation with train=True).
     num_workers > 0: batches made in that many processes; prefetch: batches made ahead (in as
     many threads) by this process or each worker."""
-    stream = _ProcessStream(source, seed, process_index, process_count, local_batch_size, None)
+    stream = ProcessStream(source, seed, process_index, process_count, local_batch_size, None)
     return _batched(stream, recipe, seed, local_batch_size, True, num_workers, prefetch)
 
 

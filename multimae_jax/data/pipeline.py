@@ -66,7 +66,7 @@ def make_source(path: str, modalities, *, synthetic_samples: int = 10_000,
     return FolderSource(path, tasks, allow_incomplete)
 
 
-class _ProcessStream:
+class ProcessStream:
     """This process's share of the global sample stream, as a random-access source.
 
     Global position g walks through the dataset epoch after epoch (epoch g // n reshuffled with
@@ -117,12 +117,12 @@ def make_dataset(source, modalities, *, image_size: int, local_batch_size: int, 
     for `modalities` (Modality objects or default names).
 
     Every epoch is a fresh permutation of the whole dataset, split between processes batch by
-    batch (see `_ProcessStream`); each sample's crop and flip come from (seed, its global
+    batch (see `ProcessStream`); each sample's crop and flip come from (seed, its global
     position). With `skip_corrupt`, corrupt samples (see `records.decode_record`) are dropped
     (and logged) instead of stopping the run. `num_workers` > 0 decodes and augments in that
     many worker processes.
     """
-    stream = _ProcessStream(source, seed, process_index, process_count, local_batch_size,
+    stream = ProcessStream(source, seed, process_index, process_count, local_batch_size,
                             num_epochs)
     ds = grain.MapDataset.source(stream).map(
         _DecodeAndAugment(PretrainAugment(tuple(modalities), image_size, hflip=hflip), seed,

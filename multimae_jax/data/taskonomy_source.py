@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from multimae_jax.data.codecs import CorruptFileError, _open_image
+from multimae_jax.data.codecs import CorruptFileError, open_image
 from multimae_jax.data.folder import folder_names
 from multimae_jax.data.records import check_same_size
 
@@ -40,7 +40,7 @@ def _read_as_stored(path: Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise OSError(f"{path}: cannot read ({e})") from e
-    img = _open_image(data, str(path))
+    img = open_image(data, str(path))
     arr = np.asarray(img.convert("L") if img.mode == "1" else img)
     if arr.dtype.itemsize == 1:
         return arr.astype(np.uint8)

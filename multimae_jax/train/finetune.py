@@ -18,9 +18,9 @@ Config (configs/finetune_*.py):
           synthetic scenes), max_train_images / max_val_images (> 0: the official selection:
           a folder's random subset, Taskonomy's first rows), mask (the validity mask's
           modality, '' = none); recipe 'semseg': depth_inputs (inputs standardised on the
-          host), reduce_zero_label, standardize_depth; 'depth': color_augs; 'taskonomy':
-          taskonomy_task (the target's Taskonomy domain: its folder and preprocessing),
-          taskonomy_overrides (TaskonomyTask fields)
+          host), reduce_zero_label, standardize_depth, scale_range (RandomScale's factors);
+          'depth': color_augs; 'taskonomy': taskonomy_task (the target's Taskonomy domain:
+          its folder and preprocessing), taskonomy_overrides (TaskonomyTask fields)
   evals:  {name: {type, every | every_epochs, ...}} (train/evaluators)
 Inputs arrive as the dense pipeline stores them (an image modality's stored values, normalised
 on the device as the modality says; depth already standardised on the host: its modality entry
@@ -155,9 +155,10 @@ class FinetuneObjective:
     # --- data ---------------------------------------------------------------------------------
 
     def _source(self, split: str, start: int, count: int, max_images: int | None = None):
-        """The split's samples: the folder data.path/<split>, or synthetic scenes start.. +
-        count (a disjoint range per split) when data.path is empty; of these, the official
-        random subset of `max_images` (`dense_sources.official_subset`) if given."""
+        """The split's samples: the folder data.path/<split> (Taskonomy: the rows of the split
+        CSV under data.path), or synthetic scenes start.. + count (a disjoint range per split)
+        when data.path is empty; of these, the official selection of `max_images` if given
+        (`dense_sources.make_dense_source`)."""
         c, d = self.config, self.config.data
         registry = modalities.with_overrides(c.modalities.to_dict())
         keys = (*self.inputs, c.target.name) + ((d.mask,) if d.mask else ())
@@ -181,7 +182,8 @@ class FinetuneObjective:
         c, d = self.config, self.config.data
         images = tuple(t for t in self.inputs if t not in d.depth_inputs)
         masks = (c.target.name, *d.depth_inputs) + ((d.mask,) if d.mask else ())
-        augment = SemsegAugment(images, masks, input_size=c.model.image_size, train=train)
+        augment = SemsegAugment(images, masks, input_size=c.model.image_size, train=train,
+                                scale=tuple(d.scale_range))
         return SemsegRecipe(augment, c.target.name, c.target.num_classes,
                             reduce_zero_label=d.reduce_zero_label,
                             depth_inputs=tuple(d.depth_inputs), mask=d.mask or None,

@@ -27,6 +27,7 @@ import official_code  # noqa: E402
 from common import Fixture  # noqa: E402
 from dense_transform_cases import dense_transforms  # noqa: E402
 from finetune_metric_cases import dense_losses, finetune_metrics  # noqa: E402
+from finetune_step_case import finetune_step  # noqa: E402
 from multivit_cases import (  # noqa: E402
     multivit_heads_tiny, multivit_outputs, timm_tokens, tiny_multivit, vit_tiny_timm)
 from param_group_cases import finetune_param_groups  # noqa: E402
@@ -70,7 +71,7 @@ def generate(off, out: Path) -> None:
         lambda: multimae_b_pretrain_keys(off), lambda: schedules(off), lambda: task_balancing(off),
         clip_grad,
         lambda: dense_losses(off), lambda: finetune_metrics(off),
-        lambda: finetune_param_groups(off),
+        lambda: finetune_param_groups(off), lambda: finetune_step(off),
         lambda: dense_transforms(off),
     ]
     for make in makers:
