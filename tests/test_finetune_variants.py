@@ -1,0 +1,56 @@
+"""Every full-size fine-tuning recipe traces its whole training step at its real sizes (ViT-B,
+inputs of 256 to 640 px, the paper's heads): parameters, optimizer state, loss and update shapes
+all agree. Tracing (jax.eval_shape) checks every shape without compiling the ViT-B programs,
+which would take minutes per recipe on a CPU."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import finetune_depth, finetune_semseg, finetune_taskonomy
+from multimae_jax.train import sharding
+from multimae_jax.train.finetune import FinetuneObjective
+from multimae_jax.train.step import Trainer
+
+BATCH = 8  # one sample per test device
+RECIPES = ([(finetune_semseg, v) for v in finetune_semseg.VARIANTS]
+           + [(finetune_depth, "nyu")]
+           + [(finetune_taskonomy, v) for v in finetune_taskonomy.TASKS])
+
+
+def _batch(objective, config) -> dict:
+    """The abstract batch the recipe's data pipeline produces (dense_recipes' layout)."""
+    s, t = config.model.image_size, config.target
+    shapes = {name: ((s, s, 3), jnp.uint8) if m.channels == 3 else ((s, s, 1), jnp.float32)
+              for name, m in objective.inputs.items()}
+    shapes[t.name] = (((s, s), jnp.int32) if objective.label_target
+                      else ((s, s, t.num_classes), jnp.float32))
+    if t.mask_valid:
+        shapes["mask_valid"] = ((s, s, 1), jnp.bool_)
+    return {k: jax.ShapeDtypeStruct((BATCH, *shape), dtype) for k, (shape, dtype) in shapes.items()}
+
+
+@pytest.mark.parametrize("module,variant", RECIPES,
+                         ids=[f"{m.__name__.split('.')[-1]}:{v}" for m, v in RECIPES])
+def test_the_full_size_step_traces_with_every_shape_right(module, variant):
+    config = module.get_config(variant)
+    config.data.global_batch_size = BATCH
+    objective = FinetuneObjective(config)
+    runner = Trainer(objective, config, sharding.make_mesh(config.mesh.to_dict()), 10, 1,
+                     objective.base_lr(config))
+    assert 85e6 < runner.num_params < 125e6  # ViT-B (86 M) and its head
+    batch = _batch(objective, config)
+    state, metrics = jax.eval_shape(runner._step, runner.abstract_state, batch)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), runner.abstract_state)
+    assert metrics["loss"].shape == () and metrics["loss"].dtype == jnp.float32
+
+    def predict(params, buffers, b):
+        with runner.on_mesh():
+            return objective.predict(params, buffers, b, jax.random.key(0))[1]
+
+    pred = jax.eval_shape(predict, state["params"], state["buffers"], batch)
+    s = config.model.image_size
+    channels = config.target.num_classes
+    assert pred.shape == (BATCH, s, s, channels), variant
+    assert np.dtype(pred.dtype) in (np.float32, jnp.bfloat16)
