@@ -19,7 +19,7 @@ smallest val loss.
 """
 import ml_collections
 
-from multimae_jax.train.finetune_config import finetune_config, shrink_to_tiny
+from multimae_jax.train.finetune_config import dpt_head, finetune_config, shrink_to_tiny
 from multimae_jax.modalities import NYU_DEPTH_MEAN, NYU_DEPTH_STD
 
 VARIANTS = ("nyu",)
@@ -35,9 +35,7 @@ def get_config(variant: str = "nyu") -> ml_collections.ConfigDict:
     # the official eval batch is 1.5 x the per-GPU batch of 64
     c = finetune_config(input_tasks=("rgb",), image_size=256, batch=128, eval_batch=96,
                         epochs=2000, compute_dtype="float32", drop_path=0.0)
-    c.head = ml_collections.ConfigDict(dict(
-        type="dpt", main_tasks=("rgb",), hooks=(2, 5, 8, 11), layer_dims=(96, 192, 384, 768),
-        feature_dim=256, head_type="regression"))
+    c.head = dpt_head()
     # target.mean / std: the depth standardisation (data) and its inverse (metrics)
     c.target = ml_collections.ConfigDict(dict(
         name="depth", loss="berhu", num_classes=1, mask_valid=True, mean=NYU_DEPTH_MEAN,
@@ -56,9 +54,5 @@ def get_config(variant: str = "nyu") -> ml_collections.ConfigDict:
 
     if tiny:
         shrink_to_tiny(c)
-        c.head.hooks = (0, 1, 2, 3)
-        c.head.layer_dims = (24, 48, 96, 96)
-        c.head.feature_dim = 32
         c.target.mean, c.target.std = SYNTHETIC_DEPTH_MEAN, SYNTHETIC_DEPTH_STD
-        c.optimizer.warmup_epochs = 1.0
     return c

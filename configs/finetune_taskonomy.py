@@ -28,7 +28,7 @@ scenes store 1/4000 m; Taskonomy 1/512 m). The other tasks have no synthetic dat
 import ml_collections
 
 from multimae_jax import modalities
-from multimae_jax.train.finetune_config import finetune_config, shrink_to_tiny
+from multimae_jax.train.finetune_config import dpt_head, finetune_config, shrink_to_tiny
 
 # variant -> (Taskonomy domain, the head's name, channels)
 TASKS = {
@@ -55,9 +55,7 @@ def get_config(variant: str = "normal") -> ml_collections.ConfigDict:
     # the official eval batch is 1.5 x the batch
     c = finetune_config(input_tasks=("rgb",), image_size=384, batch=8, eval_batch=12,
                         epochs=100, compute_dtype="bfloat16", drop_path=0.1)
-    c.head = ml_collections.ConfigDict(dict(
-        type="dpt", main_tasks=("rgb",), hooks=(2, 5, 8, 11), layer_dims=(96, 192, 384, 768),
-        feature_dim=256, head_type="regression"))
+    c.head = dpt_head()
     c.target = ml_collections.ConfigDict(dict(
         name=head_name, loss="l1", num_classes=channels, mask_valid=True))
     if head_name not in c.modalities:  # a batch key the registry must know
@@ -82,11 +80,7 @@ def get_config(variant: str = "normal") -> ml_collections.ConfigDict:
 
     if tiny:
         shrink_to_tiny(c)
-        c.head.hooks = (0, 1, 2, 3)
-        c.head.layer_dims = (24, 48, 96, 96)
-        c.head.feature_dim = 32
         c.data.max_train_images = -1
         c.data.max_val_images = -1
         c.data.taskonomy_overrides.clamp_max = 1.0  # depth / 65535 in [0, 1], kept whole
-        c.optimizer.warmup_epochs = 1.0
     return c

@@ -13,25 +13,19 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from multimae_jax import modalities
+from multimae_jax.train.config_fields import encoder_fields, loop_fields
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
 
-    c.model = ml_collections.ConfigDict()
-    c.model.size = "base"  # ViT-B/16
-    c.model.input_tasks = ("rgb", "depth", "semseg")
+    c.model = encoder_fields(("rgb", "depth", "semseg"), image_size=224, drop_path_rate=0.0)
     c.model.output_tasks = ("rgb", "depth", "semseg", "norm_rgb")  # an output that is no input
     # is read from disk, predicted from the others, and its loss covers the whole image
-    c.model.image_size = 224
-    c.model.patch_size = 16
     c.model.decoder_dim = 256
     c.model.decoder_depth = 2
     c.model.decoder_num_heads = 8
-    c.model.num_global_tokens = 1
-    c.model.drop_path_rate = 0.0
-    c.model.overrides = ml_collections.ConfigDict()  # encoder fields, e.g. dim_tokens, depth
 
     # Every modality's fields (multimae_jax/modalities.py: Modality), overridable per run, e.g.
     # --config.modalities.semseg.num_classes=150 --config.modalities.semseg.stride_level=1, or
@@ -72,31 +66,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.optimizer.balancer_lr_scale = 1.0  # lr multiplier of the task balancer's parameters
     c.optimizer.lr_mults = ()  # ((regex, multiplier), ...) over state paths 'params/encoder/...'
 
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = 1600
-    c.train.num_steps = -1  # > 0 overrides epochs
-    c.train.compute_dtype = "bfloat16"  # parameters, optimizer state and losses stay float32
-    # Residual stream, LayerNorms, adapter outputs and global tokens: float32 as under the
-    # official fp16 autocast; "bfloat16" runs them in bf16 too.
-    c.train.residual_dtype = "float32"
+    c.train = loop_fields(epochs=1600, compute_dtype="bfloat16", picture_every=2000,
+                          checkpoint_every=2000, keep_checkpoints=3)
     c.train.fp32_output_adapters = ("semseg",)  # as the official code
     c.train.loss_on_unmasked = False  # True: every loss over the whole image, not masked patches
-    c.train.remat = False  # recompute each encoder block in the backward pass
-    c.train.grad_accum_steps = 1
     c.train.task_balancer = "none"  # or "uncertainty": learned loss weights, one per output task
-    c.train.fsdp_min_size = 2 ** 18  # parameters at least this large are split over 'fsdp'
-    c.train.max_nonfinite_steps = 20
-    c.train.log_every = 50
-    c.train.picture_every = 2000
-    c.train.checkpoint_every = 2000
-    c.train.keep_checkpoints = 3  # the newest N; at least 1
-    # True: a damaged newest checkpoint (missing or unreadable file, checksum, NaN) is reported
-    # and set aside as checkpoints/<step>.corrupt, and the run resumes from the previous one;
-    # False: stop with the report (exit code 4).
-    c.train.checkpoint_fallback = True
-    # A restart may change the global batch size only with this: the lr (blr x batch / 256),
-    # steps per epoch, total and warm-up steps are recomputed, the step counter continues.
-    c.train.allow_batch_size_change = False
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
 

@@ -32,23 +32,17 @@ from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import save_png
 
+
 class CheckpointMismatchError(ValueError):
     """The checkpoint's weights are not the config's model."""
 
 
 def load_weights(model, path) -> tuple[dict, int | None]:
-    """(variables of `model` as numpy, the checkpoint's step or None) from `path` (see the
-    module docstring). A folder's weights go through the official naming, as a file's do, so
-    that every format is checked against `model` the same way."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    if path.is_dir():
-        folder = fmt.find(path)
-        _, variables = fmt.load_checkpoint(folder)
-        state_dict, step = official.flax_to_official(variables), int(folder.name)
-    else:
-        state_dict, step = pretrained.official_state_dict(path)[0], None
+    """(variables of `model` as numpy, the checkpoint's step or None for a file) from `path`
+    (see the module docstring). Every format goes through the official names
+    (`pretrained.any_state_dict`), so that each is checked against `model` the same way."""
+    state_dict = pretrained.any_state_dict(path)
+    step = int(fmt.find(path).name) if Path(path).is_dir() else None
     try:
         return official.official_to_flax(state_dict, spec.abstract_variables(model),
                                          str(path)), step

@@ -72,13 +72,18 @@ def load_pretrained(path, **model_overrides):
     return model, jax.tree.map(np.asarray, variables)
 
 
+def any_state_dict(path) -> dict:
+    """The official-format state_dict of a checkpoint in any format that `load_pretrained`
+    reads: a file's own, or a multimae_jax checkpoint's (a folder, workdir or checkpoint root:
+    its latest step) under the official names."""
+    path = _existing(path)
+    if path.is_dir():
+        return official.flax_to_official(checkpoint_format.load_checkpoint(path)[1])
+    return official_state_dict(path)[0]
+
+
 def finetune_init(variables: dict, path):
     """The new model's `variables` with the pre-trained checkpoint at `path` (any format that
     `load_pretrained` reads) loaded as the official fine-tuning scripts do; see
     `multimae_jax.convert.finetune`. Returns (variables, report)."""
-    path = _existing(path)
-    if path.is_dir():
-        sd = official.flax_to_official(checkpoint_format.load_checkpoint(path)[1])
-    else:
-        sd, _ = official_state_dict(path)
-    return finetune.load_for_finetuning(variables, sd, str(path))
+    return finetune.load_for_finetuning(variables, any_state_dict(path), str(path))

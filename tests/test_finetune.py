@@ -11,7 +11,7 @@ from configs.finetune_semseg import get_config
 from multimae_jax.train.checkpoint import restore_state_only
 from multimae_jax.train.loop import train
 from multimae_jax.train.validate import ConfigError, validate
-from train_helpers import SMALL
+from train_helpers import SMALL, small_finetune
 
 # The tiny RGB-D variant at the size of train_helpers.SMALL (32 px, one encoder block).
 SMALL_FINETUNE = {
@@ -29,10 +29,7 @@ SMALL_FINETUNE = {
 
 
 def small_finetune_config(**overrides):
-    c = get_config("nyu_rgbd_tiny")
-    c.update_from_flattened_dict({**SMALL_FINETUNE, **overrides})
-    c.evals.val.every = 2
-    return c
+    return small_finetune(get_config("nyu_rgbd_tiny"), {**SMALL_FINETUNE, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from multimae_jax.train.finetune import FinetuneObjective
 from multimae_jax.train.loop import train
 from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
+from train_helpers import small_finetune
 from xla_flags import cpu_flags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +46,7 @@ METRICS = ("loss", "rmse", "rel", "srel", "log10", "delta_1", "delta_2", "delta_
 
 
 def small_depth_config(**overrides):
-    c = get_config("nyu_tiny")
-    c.update_from_flattened_dict({**SMALL_DEPTH, **overrides})
-    c.evals.val.every = 2
-    return c
+    return small_finetune(get_config("nyu_tiny"), {**SMALL_DEPTH, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from multimae_jax.evaluate import evaluate
 from multimae_jax.train.finetune import FinetuneObjective
 from multimae_jax.train.loop import train
 from multimae_jax.train.validate import ConfigError, validate
+from train_helpers import small_finetune
 
 SIZE = 32
 # the `depth` recipe shrunk to a one-block 96-wide encoder at 32 px, float32
@@ -72,11 +73,10 @@ def taskonomy(tmp_path_factory):
 
 
 def small_config(root, train_csv, val_csv, **overrides):
-    c = get_config("depth")
-    c.update_from_flattened_dict({**SMALL, "data.path": str(root), "data.train_split": train_csv,
-                                  "data.val_split": val_csv, **overrides})
+    c = small_finetune(get_config("depth"), {**SMALL, "data.path": str(root),
+                                             "data.train_split": train_csv,
+                                             "data.val_split": val_csv, **overrides})
     c.model.overrides = ml_collections.ConfigDict(dict(dim_tokens=96, depth=1, num_heads=3))
-    c.evals.val.every = 2
     return c
 
 

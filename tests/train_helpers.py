@@ -1,5 +1,6 @@
-"""A very small pre-training config for tests, host batches in the pipeline's layout, a few
-steps on a mesh, and the environment of test subprocesses."""
+"""A very small pre-training config for tests (and the shrinking of a fine-tuning one), host
+batches in the pipeline's layout, a few steps on a mesh, and the environment of test
+subprocesses."""
 import os
 
 import jax
@@ -67,3 +68,12 @@ def subprocess_env() -> dict:
     subprocesses that run the same programs (same XLA_FLAGS): they skip most compiling."""
     return {**os.environ, "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+
+
+def small_finetune(config, overrides: dict):
+    """A fine-tuning `config` with the flattened `overrides` (e.g. a test's sizes) applied and
+    its 'val' evaluator run every 2 steps: `every` is set apart because update_from_flattened_dict
+    only sets fields that exist (the recipes schedule by every_epochs)."""
+    config.update_from_flattened_dict(overrides)
+    config.evals.val.every = 2
+    return config

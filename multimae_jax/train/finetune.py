@@ -154,25 +154,27 @@ class FinetuneObjective:
 
     # --- data ---------------------------------------------------------------------------------
 
-    def _source(self, split: str, start: int, count: int, max_images: int | None = None):
+    def _source(self, split: str, start: int, count: int, max_images: int = -1):
         """The split's samples: the folder data.path/<split> (Taskonomy: the rows of the split
-        CSV under data.path), or synthetic scenes start.. + count (a disjoint range per split)
-        when data.path is empty; of these, the official selection of `max_images` if given
-        (`dense_sources.make_dense_source`)."""
+        CSV `split` under data.path), or synthetic scenes start.. + count (a disjoint range per
+        split) when data.path is empty; of these, the official selection of `max_images`
+        (config.data.max_*_images: > 0; -1 keeps all; `dense_sources.make_dense_source`)."""
         c, d = self.config, self.config.data
         registry = modalities.with_overrides(c.modalities.to_dict())
         keys = (*self.inputs, c.target.name) + ((d.mask,) if d.mask else ())
-        scenes = SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
-                                 d.synthetic_seed)
-        if d.recipe == "taskonomy" and d.path:  # split: a split CSV of Taskonomy rows
-            return make_dense_source(d.path, tuple(modalities.resolve(keys, registry).values()),
-                                     split_csv=split, max_images=max_images,
+        mods = tuple(modalities.resolve(keys, registry).values())
+        limit = max_images if max_images > 0 else None
+        if not d.path:
+            scenes = SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
+                                     d.synthetic_seed)
+            return make_dense_source("", mods, mask=d.mask or None, synthetic_scenes=scenes,
+                                     synthetic_start=start, synthetic_samples=count,
+                                     max_images=limit)
+        if d.recipe == "taskonomy":
+            return make_dense_source(d.path, mods, split_csv=split, max_images=limit,
                                      taskonomy_folders={c.target.name: d.taskonomy_task})
-        return make_dense_source(f"{d.path}/{split}" if d.path else "",
-                                 tuple(modalities.resolve(keys, registry).values()),
-                                 mask=d.mask or None, synthetic_scenes=scenes,
-                                 synthetic_start=start, synthetic_samples=count,
-                                 max_images=max_images)
+        return make_dense_source(f"{d.path}/{split}", mods, mask=d.mask or None,
+                                 max_images=limit)
 
     def _recipe(self, train: bool):
         """The host-side sample -> batch row mapping of config.data.recipe."""
@@ -210,8 +212,7 @@ class FinetuneObjective:
     def train_data(self, process_index: int, process_count: int):
         """(source, endless dataset of this process's training batches)."""
         d = self.config.data
-        source = self._source(d.train_split, 0, d.synthetic_samples,
-                              d.max_train_images if d.max_train_images > 0 else None)
+        source = self._source(d.train_split, 0, d.synthetic_samples, d.max_train_images)
         dataset = train_dataset(source, self._recipe(train=True),
                                 local_batch_size=d.global_batch_size // process_count,
                                 seed=self.config.seed, process_index=process_index,
@@ -223,7 +224,7 @@ class FinetuneObjective:
         of data.val_split (synthetic: the scenes after the training ones)."""
         c, d = self.config, self.config.data
         source = self._source(d.val_split, d.synthetic_samples, d.synthetic_eval_samples,
-                              d.max_val_images if d.max_val_images > 0 else None)
+                              d.max_val_images)
 
         def batches(name, section):
             dataset = eval_dataset(source, self._recipe(train=False),

@@ -6,6 +6,7 @@ a MultiViT from a pre-trained MultiMAE, one dense head, the official fine-tuning
 import ml_collections
 
 from multimae_jax import modalities
+from multimae_jax.train.config_fields import encoder_fields, loop_fields
 from multimae_jax.train.param_groups import finetune_optimizer_fields
 
 
@@ -17,14 +18,7 @@ def finetune_config(*, input_tasks, image_size: int, batch: int, eval_batch: int
     c.seed = 0
     c.init = ""  # the pre-trained weights (.pth, workdir, checkpoint, export); empty: scratch
 
-    c.model = ml_collections.ConfigDict()
-    c.model.size = "base"
-    c.model.input_tasks = tuple(input_tasks)
-    c.model.image_size = image_size
-    c.model.patch_size = 16
-    c.model.num_global_tokens = 1
-    c.model.drop_path_rate = drop_path
-    c.model.overrides = ml_collections.ConfigDict()
+    c.model = encoder_fields(input_tasks, image_size, drop_path)
 
     # every modality's fields (multimae_jax/modalities.py); the validity mask is one more
     c.modalities = ml_collections.ConfigDict(
@@ -55,41 +49,47 @@ def finetune_config(*, input_tasks, image_size: int, batch: int, eval_batch: int
 
     c.optimizer = finetune_optimizer_fields()
 
-    c.train = ml_collections.ConfigDict()
-    c.train.epochs = epochs
-    c.train.num_steps = -1
-    c.train.compute_dtype = compute_dtype
-    c.train.residual_dtype = "float32"
-    c.train.remat = False
-    c.train.grad_accum_steps = 1
-    c.train.fsdp_min_size = 2 ** 18
-    c.train.max_nonfinite_steps = 20
-    c.train.log_every = 50
-    c.train.picture_every = 1000  # unused: fine-tuning draws through its evaluators
-    c.train.checkpoint_every = 1000
-    c.train.keep_checkpoints = 2
-    c.train.checkpoint_fallback = True
-    c.train.allow_batch_size_change = False
+    c.train = loop_fields(epochs=epochs, compute_dtype=compute_dtype,
+                          picture_every=1000,  # unused: fine-tuning draws through its evaluators
+                          checkpoint_every=1000, keep_checkpoints=2)
 
     c.evals = ml_collections.ConfigDict()
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
     return c
 
 
+def dpt_head(main_tasks=("rgb",)) -> ml_collections.ConfigDict:
+    """config.head of the regression recipes: DPTOutputAdapter as the official depth and
+    Taskonomy scripts build it for ViT-B (hooks 2, 5, 8, 11)."""
+    return ml_collections.ConfigDict(dict(
+        type="dpt", main_tasks=tuple(main_tasks), hooks=(2, 5, 8, 11),
+        layer_dims=(96, 192, 384, 768), feature_dim=256, head_type="regression"))
+
+
+#: config.head fields of a _tiny sibling, per head type
+TINY_HEADS = {
+    "convnext": dict(embed_dim=16 * 32, depth=1),
+    "dpt": dict(hooks=(0, 1, 2, 3), layer_dims=(24, 48, 96, 96), feature_dim=32),
+}
+
+
 def shrink_to_tiny(c: ml_collections.ConfigDict) -> None:
-    """The `_tiny` sibling of a recipe, in place: a 4-block 96-wide encoder at 64 px on 640
-    synthetic training scenes (64 for evaluation), 4 epochs at lr 1e-3, float32, evaluated every
-    epoch. The head and the target keep their kind; configs shrink those themselves."""
+    """The `_tiny` sibling of a recipe, in place: a 4-block 96-wide encoder at 64 px with a
+    head of that size (`TINY_HEADS`), on 640 synthetic training scenes (64 for evaluation), 4
+    epochs at lr 1e-3 after one warm-up epoch, float32, evaluated every epoch. The target keeps
+    its kind; configs shrink it themselves."""
     c.model.size = "tiny"
     c.model.image_size = 64
     c.model.overrides = ml_collections.ConfigDict(dict(dim_tokens=96, depth=4, num_heads=3))
     c.model.drop_path_rate = 0.0
+    c.head.update(TINY_HEADS[c.head.type])
     c.data.global_batch_size = 16
     c.data.eval_batch_size = 16
     c.data.num_workers = 0
     c.data.synthetic_samples = 640
     c.data.synthetic_eval_samples = 64
     c.optimizer.lr = 1e-3
+    c.optimizer.warmup_epochs = 1.0
     c.train.epochs = 4
     c.train.compute_dtype = "float32"
     c.train.log_every = 20

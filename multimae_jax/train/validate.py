@@ -1,11 +1,13 @@
 """Configuration checks that run before anything is compiled; each error is one line naming
 the config field."""
+import dataclasses
 import functools
 import math
 import os
 import re
 
 from multimae_jax import modalities
+from multimae_jax.data.taskonomy_transforms import TASKONOMY_TASKS, TaskonomyTask
 from multimae_jax.models import presets
 from multimae_jax.models.input_adapters import patch_dims
 from multimae_jax.train import sharding
@@ -150,10 +152,9 @@ def _validate_finetune(config) -> None:
                           "config.data.mask='mask_valid' and config.target.mask_valid=True")
     if d.recipe == "taskonomy":
         _validate_taskonomy(config)
-    if d.recipe == "depth":
-        if t.get("std", 0) <= 0 or "mean" not in t:
-            raise ConfigError(f"config.target.mean / std: the depth recipe standardises the "
-                              f"target with them; std must be > 0, got {t.get('std')}")
+    if d.recipe == "depth" and (t.get("std", 0) <= 0 or "mean" not in t):
+        raise ConfigError(f"config.target.mean / std: the depth recipe standardises the target "
+                          f"with them; std must be > 0, got {t.get('std')}")
     if config.head.type not in HEADS:
         raise ConfigError(f"config.head.type={config.head.type!r}: expected one of {sorted(HEADS)}")
     if config.target.loss not in LOSSES:
@@ -170,10 +171,10 @@ def _validate_finetune(config) -> None:
 
 
 def _validate_taskonomy(config) -> None:
-    import dataclasses
-    from multimae_jax.data.taskonomy_transforms import TASKONOMY_TASKS, TaskonomyTask
+    """The Taskonomy domains of the inputs and the target, and the preprocessing overrides."""
     d = config.data
-    unknown = [t for t in (*config.model.input_tasks, d.taskonomy_task) if t not in TASKONOMY_TASKS]
+    domains = (*config.model.input_tasks, d.taskonomy_task)
+    unknown = [t for t in domains if t not in TASKONOMY_TASKS]
     if unknown:
         raise ConfigError(f"config.data.taskonomy_task / config.model.input_tasks: {unknown} are "
                           f"not Taskonomy domains (known: {sorted(TASKONOMY_TASKS)})")
