@@ -1,13 +1,15 @@
-"""One process of a local multi-process pre-training run (driven by tests/test_multiprocess.py).
+"""One process of a local multi-process training run (driven by tests/multiprocess_helpers.py).
 
-    python tests/multiprocess_worker.py --workdir=DIR --overrides=JSON \
-        [--coordinator=127.0.0.1:PORT --num_processes=N --process_id=I] [--stop_at_step=S]
+    python tests/multiprocess_worker.py --workdir=DIR --config=configs/FILE.py:VARIANT \
+        --overrides=JSON [--coordinator=127.0.0.1:PORT --num_processes=N --process_id=I] \
+        [--stop_at_step=S]
 
 Run with XLA_FLAGS=--xla_force_host_platform_device_count=K and JAX_PLATFORMS=cpu in the
 environment (K local CPU devices). Without --coordinator it is a plain one-process run.
-`--overrides` is a JSON object {"a.b": value} applied to configs/pretrain.py:tiny.
+`--overrides` is a JSON object {"a.b": value} applied to the config.
 """
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ sys.path.insert(0, str(REPO))  # this checkout's multimae_jax and configs, where
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", required=True)
+    p.add_argument("--config", default="configs/pretrain.py:tiny")
     p.add_argument("--overrides", default="{}")
     p.add_argument("--coordinator", default="")
     p.add_argument("--num_processes", type=int, default=1)
@@ -35,10 +38,10 @@ def main() -> None:
                                    num_processes=args.num_processes, process_id=args.process_id,
                                    initialization_timeout=120)
 
-    from configs.pretrain import get_config
     from multimae_jax.train.loop import train
 
-    config = get_config("tiny")
+    path, variant = args.config.split(":")
+    config = importlib.import_module(f"configs.{Path(path).stem}").get_config(variant)
     config.update_from_flattened_dict(json.loads(args.overrides))
     metrics = train(config, args.workdir, stop_at_step=args.stop_at_step)
     print(f"process {jax.process_index()}/{jax.process_count()}, "

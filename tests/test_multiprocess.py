@@ -13,22 +13,16 @@ process (8 fake devices, see conftest.py) is left alone; the reference runs besi
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from multimae_jax.train import checkpoint
-from xla_flags import cpu_flags
+from multiprocess_helpers import Runs, flat, restore_numpy
 
-WORKER = Path(__file__).with_name("multiprocess_worker.py")
 # A hang guard for the three runs together: they need about 190 s of CPU, 100 s on two idle
 # cores, well over 200 s on a loaded machine.
 TIMEOUT_S = float(os.environ.get("MULTIPROCESS_TEST_TIMEOUT_S", 420))
@@ -56,89 +50,6 @@ OVERRIDES = {
     "train.picture_every": 1000,
     "train.log_every": 1,
 }
-# Variables a cluster launcher might have set, which would make jax.distributed look elsewhere.
-CLUSTER_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
-                "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(num_devices: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CLUSTER_VARS}
-    env["XLA_FLAGS"] = cpu_flags(num_devices)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONUNBUFFERED"] = "1"
-    # The persistent compilation cache of the test session (conftest.py), if any: repeated runs
-    # skip most of the compiling. It is keyed on the program, so it never changes results.
-    cache_dir = jax.config.jax_compilation_cache_dir
-    if cache_dir:
-        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = str(
-            jax.config.jax_persistent_cache_min_compile_time_secs)
-    return env
-
-
-class _Runs:
-    """Worker subprocesses with their output in log files; all killed on the way out."""
-
-    def __init__(self, logdir: Path):
-        self.logdir, self.procs = logdir, {}
-
-    def start(self, name: str, num_devices: int, workdir: Path, *extra: str) -> None:
-        log = open(self.logdir / f"{name}.log", "wb")
-        cmd = [sys.executable, str(WORKER), f"--workdir={workdir}",
-               f"--overrides={json.dumps(OVERRIDES)}", *extra]
-        self.procs[name] = (subprocess.Popen(cmd, env=_env(num_devices), stdout=log,
-                                             stderr=subprocess.STDOUT), log)
-
-    def output(self, name: str, tail: int = 6000) -> str:
-        text = (self.logdir / f"{name}.log").read_text(errors="replace")
-        return text if len(text) <= tail else "...\n" + text[-tail:]
-
-    def report(self) -> str:
-        return "\n".join(f"----- {name} (exit {proc.returncode}) -----\n{self.output(name)}"
-                         for name, (proc, _) in self.procs.items())
-
-    def wait(self, timeout: float) -> None:
-        """Waits for all; stops everything at the first failure or at the deadline."""
-        deadline = time.monotonic() + timeout
-        while True:
-            codes = {name: proc.poll() for name, (proc, _) in self.procs.items()}
-            failed = [name for name, code in codes.items() if code not in (None, 0)]
-            if failed:
-                self.kill()
-                pytest.fail(f"{', '.join(failed)} failed\n{self.report()}")
-            if all(code == 0 for code in codes.values()):
-                return
-            if time.monotonic() > deadline:
-                running = [name for name, code in codes.items() if code is None]
-                self.kill()
-                pytest.fail(f"{', '.join(running)} still running after {timeout:.0f} s\n"
-                            f"{self.report()}")
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        for proc, _ in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-        for proc, log in self.procs.values():
-            proc.wait()
-            log.close()
-
-
-def _flat(tree) -> dict:
-    return {jax.tree_util.keystr(path): np.asarray(leaf)
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _restore_numpy(workdir: Path, step: int) -> dict:
-    found_step, state = checkpoint.restore_state_only(workdir, step)
-    assert found_step == step
-    return state
 
 
 @pytest.fixture(scope="module")
@@ -146,27 +57,20 @@ def trained(tmp_path_factory):
     """Runs the reference and the two processes at the same time; returns their workdirs."""
     tmp = tmp_path_factory.mktemp("multiprocess")
     one, two = tmp / "one_process", tmp / "two_processes"
-    runs = _Runs(tmp)
+    runs = Runs(tmp, "configs/pretrain.py:tiny", OVERRIDES)
     start = time.monotonic()
     try:
         runs.start("reference", 8, one)
         # the two processes stop after step 1 (as a preemption would), then resume together
-        for leg, stop in (("stopped", ("--stop_at_step=1",)), ("resumed", ())):
-            coordinator = f"127.0.0.1:{_free_port()}"
-            for i in range(2):
-                runs.start(f"process{i}_{leg}", 4, two, f"--coordinator={coordinator}",
-                           "--num_processes=2", f"--process_id={i}", *stop)
-            runs.wait(TIMEOUT_S)
+        runs.start_processes("stopped", 2, 4, two, "--stop_at_step=1")
+        runs.wait(TIMEOUT_S)
+        runs.start_processes("resumed", 2, 4, two)
+        runs.wait(TIMEOUT_S)
     finally:
         runs.kill()
     print(f"\nthe three runs took {time.monotonic() - start:.0f} s")
-    metrics = {}
-    for name, expected in (("reference", "process 0/1, 8/8 devices: "),
-                           ("process0_resumed", "process 0/2, 4/8 devices: "),
-                           ("process1_resumed", "process 1/2, 4/8 devices: ")):
-        out = runs.output(name)
-        assert expected in out, out
-        metrics[name] = json.loads(out.split(expected, 1)[1].splitlines()[0])
+    metrics = {"reference": runs.metrics("reference", 0, 1, 8),
+               **{f"resumed{i}": runs.metrics(f"resumed{i}", i, 2, 8) for i in range(2)}}
     return one, two, metrics
 
 
@@ -185,23 +89,23 @@ def test_two_processes_match_one(trained):
     for workdir in (one, two):  # checkpoint_every=1: every step, the last 3 kept
         saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir())
         assert 1 in saved and STEPS in saved, saved
-    state_one, state_two = _restore_numpy(one, STEPS), _restore_numpy(two, STEPS)
+    state_one, state_two = restore_numpy(one, STEPS), restore_numpy(two, STEPS)
     for state in (state_one, state_two):
         assert int(state["step"]) == STEPS and int(state["skipped"]) == 0
 
-    params_one, params_two = _flat(state_one["params"]), _flat(state_two["params"])
+    params_one, params_two = flat(state_one["params"]), flat(state_two["params"])
     assert params_one.keys() == params_two.keys()
     diffs = {k: float(np.max(np.abs(params_one[k] - params_two[k]))) for k in params_one}
     worst = max(diffs, key=diffs.get)
     # The updates are far above the tolerance, so agreement is not trivial.
-    params_step1 = _flat(_restore_numpy(one, 1)["params"])
+    params_step1 = flat(restore_numpy(one, 1)["params"])
     moved = max(float(np.max(np.abs(v - params_one[k]))) for k, v in params_step1.items())
     print(f"\n{len(diffs)} parameter arrays after {STEPS} steps: largest |two processes - one| "
           f"{diffs[worst]:.3g} ({worst}); largest change from step 1 {moved:.3g}")
     assert moved > 5e-4
     for k in params_one:
         np.testing.assert_allclose(params_two[k], params_one[k], rtol=0, atol=1e-5, err_msg=k)
-    opt_one, opt_two = _flat(state_one["opt_state"]), _flat(state_two["opt_state"])
+    opt_one, opt_two = flat(state_one["opt_state"]), flat(state_two["opt_state"])
     assert opt_one.keys() == opt_two.keys()
     opt_diff = max(float(np.max(np.abs(opt_one[k] - opt_two[k]))) for k in opt_one)
     print(f"largest |two processes - one| of the optimizer state: {opt_diff:.3g}")
