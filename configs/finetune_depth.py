@@ -7,8 +7,14 @@ batch 128 (64 x 2 GPUs), input 256, float32 as the official run (autocast off).
 
     python -m multimae_jax.main --config=configs/finetune_depth.py:nyu --workdir=W \\
         --config.init=PATH --config.data.path=DIR     # DIR/<split>/{rgb,depth,mask_valid}/...
+    python -m multimae_jax.main --config=configs/finetune_depth.py:nyu --workdir=W \
+        --config.init=PATH --config.data.path=tfds:nyu_depth_v2 --config.data.val_split=validation
     python -m multimae_jax.main --config=configs/finetune_depth.py:nyu_tiny --workdir=W
                                                       # 2-core CPU: the embedded synthetic scenes
+
+TFDS's nyu_depth_v2 is FastDepth's version: 47,584 training frames of the raw videos (the
+official recipe trains on the 795 labelled ones) and the 654 labelled test images as
+'validation' (the official eval split), in another order, so the 100-image subset differs.
 
 Training: SmallestMaxSize 256, flip, colour jitter + ToGray, RandomCrop 256. Evaluation: the
 official validation set is a random 100-image subset (numpy seed 0) of the eval split, each
@@ -45,6 +51,10 @@ def get_config(variant: str = "nyu") -> ml_collections.ConfigDict:
     c.data.mask = "mask_valid"
     c.data.max_val_images = 100
     c.data.color_augs = True
+    # --config.data.path=tfds:nyu_depth_v2 --config.data.val_split=validation: TFDS's depth is
+    # float metres (0 = unknown), here in the 16-bit units of the official tools/prepare_nyuv2.py
+    c.data.tfds_fields.update({"rgb": "image", "mask_valid": "depth"})
+    c.data.tfds_scales.depth = 2 ** 16 / 10
 
     c.optimizer.weight_decay = 1e-4
     c.optimizer.warmup_epochs = 100.0

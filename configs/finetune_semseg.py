@@ -62,6 +62,8 @@ def get_config(variant: str = "nyu_rgbd") -> ml_collections.ConfigDict:
     c.data.standardize_depth = True
     c.data.scale_range = (0.1, 2.0)  # the `simple` augmentation's RandomScale factors
     c.data.synthetic_classes = num_classes + 1  # class 0 is ignored (reduce_zero_label)
+    if dataset == "ade":  # --config.data.path=tfds:scene_parse150 --config.data.val_split=test
+        c.data.tfds_fields.update({"rgb": "image", "semseg": "annotation"})
 
     c.evals.val = ml_collections.ConfigDict(dict(type="semseg", every_epochs=eval_epochs))
 

@@ -1,11 +1,13 @@
-"""python -m multimae_jax.benchmark --config=configs/pretrain.py[:variant] [--config.a.b=v]
+"""python -m multimae_jax.benchmark --config=configs/FILE.py[:variant] [--config.a.b=v]
        [--steps N] [--warmup W]
 
-Throughput of the REAL pre-training step (`Trainer.step` of the pre-training objective: masking, forward, the official
-losses, backward, AdamW update, non-finite skip) on device-resident synthetic batches: random
-arrays with the data pipeline's layout and dtypes ('rgb' uint8 (B, S, S, 3), 'depth' uint16
-(B, S, S, 1), 'semseg' uint8 (B, S/4, S/4)), created once on the devices with the batch sharding,
-so no host input pipeline is in the loop. Prints the devices, compile time, step time (median and
+Throughput of the REAL training step of the config's objective (`Trainer.step`; pre-training:
+masking, forward, the official losses, backward, AdamW update, non-finite skip; fine-tuning:
+forward, the recipe's loss, backward, AdamW with layer decay) on device-resident synthetic
+batches: random arrays in the layout and dtypes of the objective's data pipeline
+(`objective.random_batch`; pre-training: 'rgb' uint8 (B, S, S, 3), 'depth' int32 (B, S, S, 1),
+'semseg' uint8 (B, S/4, S/4)), created once on the devices with the batch sharding, so no host
+input pipeline is in the loop. Prints the devices, compile time, step time (median and
 mean of N steps after W warm-up steps, each waited for with block_until_ready), images/s, model
 FLOPs per image, MFU and memory. Lower --config.data.global_batch_size to fit memory.
 
@@ -14,8 +16,9 @@ update, every op of the program, plus the recomputed forward with config.train.r
 the images per program; an analytic estimate (matmul weights x the tokens they touch, plus
 attention, x 3 for forward + backward) is printed next to it as a cross-check. MFU = achieved
 FLOP/s per device / peak dense FLOP/s of the device kind (PEAK_FLOPS) in the compute dtype, with
-either count; 'n/a' where the peak is unknown (CPUs). The one synthetic batch is reused every
-step; the masks still change (they are drawn from the step number).
+either count; 'n/a' where the peak is unknown (CPUs). The analytic count covers the pre-training
+MultiMAE only ('n/a' for fine-tuning). The one synthetic batch is reused every step; masks and
+drop path still change (they are drawn from the step number).
 """
 import math
 import statistics
@@ -23,13 +26,12 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from multimae_jax.train import distributed, sharding
-from multimae_jax.train.optimizer import scaled_lr
-from multimae_jax.train.pretrain import config_modalities, pretrain_trainer
+from multimae_jax.train.objectives import make_objective
+from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
 
 #: (substring of the lower-cased device_kind, peak dense bf16 FLOP/s, peak dense float32 FLOP/s)
@@ -63,30 +65,11 @@ def peak_flops(device_kind: str, compute_dtype: str):
     return None
 
 
-def synthetic_batch(config, batch_sharding, seed: int = 0) -> dict:
-    """A random global batch in the host pipeline's layout and dtypes, created on the devices
-    (jit with out_shardings: no array of the whole batch ever exists on the host)."""
-    s, b = config.model.image_size, config.data.global_batch_size
-
-    def make(key):
-        out = {}
-        for i, (task, mod) in enumerate(config_modalities(config)[2].items()):
-            k = jax.random.fold_in(key, i)
-            side = s // mod.stride_level
-            if mod.kind == "labels":
-                n = mod.num_classes
-                x = jax.random.randint(k, (b, side, side), 0, n, jnp.int32)
-                out[task] = x.astype(jnp.uint8 if n <= 256 else jnp.int32)
-            elif mod.storage == "uint16":
-                x = jax.random.randint(k, (b, side, side, 1), 0, 2 ** 16, jnp.int32)
-                out[task] = x.astype(jnp.int32 if mod.resample == "bicubic" else jnp.uint16)
-            elif mod.storage in ("rgb8", "uint8"):
-                x = jax.random.randint(k, (b, side, side, mod.channels), 0, 256, jnp.int32)
-                out[task] = x.astype(jnp.uint8)
-            else:  # 'npy': float32 arrays
-                out[task] = jax.random.normal(k, (b, side, side, mod.channels), jnp.float32)
-        return out
-
+def synthetic_batch(objective, config, batch_sharding, seed: int = 0) -> dict:
+    """A random global batch in the layout and dtypes of the objective's data pipeline
+    (`objective.random_batch`), created on the devices (jit with out_shardings: no array of the
+    whole batch ever exists on the host)."""
+    make = lambda key: objective.random_batch(key, config.data.global_batch_size)
     return jax.jit(make, out_shardings=batch_sharding)(jax.random.key(seed))
 
 
@@ -151,7 +134,7 @@ def _xla_flops_per_image(config, runner, state, batch, compiled):
         micro = config.copy_and_resolve_references()
         micro.train.grad_accum_steps = 1
         micro.data.global_batch_size = config.data.global_batch_size // accum
-        one = pretrain_trainer(micro, runner.mesh, 2, 1, 1e-4)
+        one = Trainer(make_objective(micro), micro, runner.mesh, 2, 1, 1e-4)
         spec = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
         abstract_state = jax.tree.map(spec, state, one.state_sharding)
         abstract_batch = {k: jax.ShapeDtypeStruct((x.shape[0] // accum,) + x.shape[1:], x.dtype,
@@ -204,12 +187,13 @@ def run(config, steps: int = 20, warmup: int = 3) -> dict:
     mesh = sharding.make_mesh(config.mesh.to_dict())
     gb = config.data.global_batch_size
     total = warmup + steps + 1
-    runner = pretrain_trainer(config, mesh, total_steps=total, warmup_steps=1,
-                          base_lr=scaled_lr(config))
+    objective = make_objective(config)
+    runner = Trainer(objective, config, mesh, total_steps=total, warmup_steps=1,
+                     base_lr=objective.base_lr(config))
     params = runner.abstract_state["params"]
 
     state = runner.init(runner.key)
-    batch = synthetic_batch(config, runner.batch_sharding, config.seed)
+    batch = synthetic_batch(objective, config, runner.batch_sharding, config.seed)
     jax.block_until_ready((state, batch))
 
     start = time.perf_counter()

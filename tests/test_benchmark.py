@@ -1,23 +1,46 @@
-"""The training-step benchmark runs the real step on a CPU-sized config (timings unchecked)."""
+"""The training-step benchmark runs the real step of every objective on CPU-sized configs, on
+random batches in the layout of the real data pipeline (timings unchecked)."""
 import jax
 import numpy as np
 import pytest
 
+from configs import finetune_depth, finetune_semseg, finetune_taskonomy
 from multimae_jax import benchmark
 from multimae_jax.train import sharding
+from multimae_jax.train.objectives import make_objective
 from train_helpers import small_config
 
+BATCH = 8
 
-def test_synthetic_batch_has_the_pipeline_layout():
-    c = small_config()
+
+def _tiny(module, variant):
+    c = module.get_config(variant)
+    c.data.global_batch_size = BATCH
+    c.data.synthetic_samples = BATCH
+    return c
+
+
+CONFIGS = {"pretrain": small_config, "semseg_rgbd": lambda: _tiny(finetune_semseg, "nyu_rgbd_tiny"),
+           "nyu_depth": lambda: _tiny(finetune_depth, "nyu_tiny"),
+           "taskonomy_depth": lambda: _tiny(finetune_taskonomy, "depth_tiny")}
+
+
+def _layout(batch) -> dict:
+    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_synthetic_batch_has_the_layout_of_the_real_pipeline(name):
+    c = CONFIGS[name]()
+    objective = make_objective(c)
+    _, dataset = objective.train_data(0, 1)
+    real = next(iter(dataset))
     mesh = sharding.make_mesh(c.mesh.to_dict())
-    batch = benchmark.synthetic_batch(c, sharding.batch_sharding(mesh))
-    expected = {"rgb": ((8, 32, 32, 3), np.uint8), "depth": ((8, 32, 32, 1), np.int32),
-                "semseg": ((8, 8, 8), np.uint8)}
-    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
+    batch = benchmark.synthetic_batch(objective, c, sharding.batch_sharding(mesh))
+    assert _layout(batch) == {k: v for k, v in _layout(real).items() if k in batch}
+    assert set(batch) >= set(objective.batch_keys)
     for x in batch.values():
         assert x.sharding == sharding.batch_sharding(mesh)
-    assert int(batch["semseg"].max()) < c.modalities.semseg.num_classes
 
 
 def test_run_reports_positive_figures():
@@ -40,6 +63,17 @@ def test_run_reports_positive_figures():
     for key in ("devices:", "global batch:", "compile time:", "step time:", "images/s:",
                 "FLOPs/image:", "MFU:", "peak memory/device:"):
         assert key in text
+
+
+def test_runs_a_fine_tuning_step():
+    c = CONFIGS["semseg_rgbd"]()
+    c.update_from_flattened_dict({"model.image_size": 32, "model.overrides.depth": 1,
+                                  "head.embed_dim": 16 * 8})
+    r = benchmark.run(c, steps=1, warmup=0)
+    assert r["global_batch"] == BATCH and len(r["step_times_s"]) == 1
+    assert r["flops_per_image"] > 0 and r["flops_per_image_analytic"] is None
+    assert np.isfinite(r["loss"]) and r["loss"] > 0
+    assert "FLOPs/image analytic:   n/a" in benchmark.report(r)
 
 
 @pytest.mark.parametrize("kind, dtype, peak", [

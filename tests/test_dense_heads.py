@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from multimae_jax.convert.official import flax_to_official, official_to_flax
+from multimae_jax.models import dense_heads as dh
 from multimae_jax.models.dense_heads import ConvNeXtAdapter, DPTOutputAdapter
 from multimae_jax.models.resize import resize_nearest
 
@@ -136,3 +137,25 @@ def test_resize_nearest_is_pytorch_legacy_nearest():
     # PyTorch: 3 -> 5 picks floor(i * 0.6) = [0, 0, 1, 1, 2]; 3 -> 6 repeats each row twice.
     np.testing.assert_array_equal(resize_nearest(x, (5, 1))[0, :, 0, 0], [0, 0, 1, 1, 2])
     np.testing.assert_array_equal(resize_nearest(x, (6, 1))[0, :, 0, 0], [0, 0, 1, 1, 2, 2])
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
+def test_depthwise_conv_shifted_equals_the_grouped_convolution(dtype, tol):
+    """The CPU form (shifted multiply-adds) and the grouped convolution of other platforms give
+    the same outputs and gradients."""
+    r = np.random.default_rng(0)
+    x = jnp.asarray(r.normal(size=(2, 9, 11, 5)), dtype)
+    kernel = jnp.asarray(r.normal(size=(7, 7, 1, 5)), dtype)
+    bias = jnp.asarray(r.normal(size=(5,)), dtype)
+    target = jnp.asarray(r.normal(size=(2, 9, 11, 5)), jnp.float32)
+
+    def loss(shifted, *args):
+        return jnp.sum((dh.depthwise_conv(*args, shifted=shifted).astype(jnp.float32) - target) ** 2)
+
+    for shifted in (True, False):
+        assert dh.depthwise_conv(x, kernel, bias, shifted).dtype == dtype
+    got = jax.value_and_grad(lambda *a: loss(True, *a), argnums=(0, 1, 2))(x, kernel, bias)
+    want = jax.value_and_grad(lambda *a: loss(False, *a), argnums=(0, 1, 2))(x, kernel, bias)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32),
+                                   rtol=tol, atol=tol * float(np.abs(np.asarray(w, np.float32)).max()))

@@ -3,12 +3,14 @@ schedule, keeps the best checkpoint, starts from pre-trained weights, and refuse
 import json
 import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
 
 from configs.finetune_semseg import get_config
 from multimae_jax.train.checkpoint import restore_state_only
+from multimae_jax.train.finetune import FinetuneObjective
 from multimae_jax.train.loop import train
 from multimae_jax.train.validate import ConfigError, validate
 from train_helpers import SMALL, small_finetune
@@ -82,3 +84,12 @@ def test_bad_configs_name_the_field(override, message):
     config = small_finetune_config(**override)
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(config, 8, 1)
+
+
+def test_the_encoder_takes_the_loops_remat_and_residual_switches():
+    # remat is what fits the 640 px RGB-D recipe in 4 GiB instead of 32 (docs/benchmarks.md)
+    model = FinetuneObjective(small_finetune_config(**{
+        "train.remat": True, "train.residual_dtype": "bfloat16"})).model
+    assert model.remat is True and model.residual_dtype == jnp.bfloat16
+    default = FinetuneObjective(small_finetune_config()).model
+    assert default.remat is False and default.residual_dtype == jnp.float32

@@ -18,18 +18,6 @@ RECIPES = ([(finetune_semseg, v) for v in finetune_semseg.VARIANTS]
            + [(finetune_taskonomy, v) for v in finetune_taskonomy.TASKS])
 
 
-def _batch(objective, config) -> dict:
-    """The abstract batch the recipe's data pipeline produces (dense_recipes' layout)."""
-    s, t = config.model.image_size, config.target
-    shapes = {name: ((s, s, 3), jnp.uint8) if m.channels == 3 else ((s, s, 1), jnp.float32)
-              for name, m in objective.inputs.items()}
-    shapes[t.name] = (((s, s), jnp.int32) if objective.label_target
-                      else ((s, s, t.num_classes), jnp.float32))
-    if t.mask_valid:
-        shapes["mask_valid"] = ((s, s, 1), jnp.bool_)
-    return {k: jax.ShapeDtypeStruct((BATCH, *shape), dtype) for k, (shape, dtype) in shapes.items()}
-
-
 @pytest.mark.parametrize("module,variant", RECIPES,
                          ids=[f"{m.__name__.split('.')[-1]}:{v}" for m, v in RECIPES])
 def test_the_full_size_step_traces_with_every_shape_right(module, variant):
@@ -39,7 +27,8 @@ def test_the_full_size_step_traces_with_every_shape_right(module, variant):
     runner = Trainer(objective, config, sharding.make_mesh(config.mesh.to_dict()), 10, 1,
                      objective.base_lr(config))
     assert 85e6 < runner.num_params < 125e6  # ViT-B (86 M) and its head
-    batch = _batch(objective, config)
+    # the data pipeline's layout (tests/test_benchmark.py checks it against the pipeline)
+    batch = jax.eval_shape(lambda key: objective.random_batch(key, BATCH), jax.random.key(0))
     state, metrics = jax.eval_shape(runner._step, runner.abstract_state, batch)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), state) == jax.tree.map(
         lambda a: (a.shape, a.dtype), runner.abstract_state)

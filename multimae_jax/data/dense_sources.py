@@ -156,7 +156,7 @@ def official_subset(num_samples: int, max_images: int) -> np.ndarray:
 def make_dense_source(path: str, modalities, *, split_csv: str = "",
                       taskonomy_folders=None, max_images: int | None = None,
                       mask: str | None = None,
-                      allow_incomplete: bool = False, tfds_fields=None,
+                      allow_incomplete: bool = False, tfds_fields=None, tfds_scales=None,
                       synthetic_scenes: SyntheticScenes | None = None, synthetic_start: int = 0,
                       synthetic_samples: int | None = None):
     """The source of a config's data section; `modalities`: the Modality objects (or default
@@ -165,7 +165,7 @@ def make_dense_source(path: str, modalities, *, split_csv: str = "",
     path '' -> `synthetic_scenes` [synthetic_start, + synthetic_samples), rendering `mask`;
     split_csv -> Taskonomy under `path`, the first max_images rows (taskonomy_folders: {key:
     folder} where they differ);
-    'tfds:NAME[:SPLIT]' -> TFDS; a folder with meta.json -> packed shards; else the split folder
+    'tfds:NAME[:SPLIT]' -> TFDS (tfds_fields, tfds_scales: `TfdsSource`); a folder with meta.json -> packed shards; else the split folder
     `path` (e.g. nyu/train). For these three, max_images is the official random subset.
     """
     if not path:
@@ -182,7 +182,7 @@ def make_dense_source(path: str, modalities, *, split_csv: str = "",
     elif path.startswith("tfds:"):
         mods = resolve(modalities)
         source = DecodedSource(TfdsSource(*parse_tfds_path(path), tuple(mods.values()),
-                                          tfds_fields), mods)
+                                          tfds_fields, tfds_scales), mods)
     elif is_shard_dir(path):
         mods = resolve(modalities)
         source = DecodedSource(ShardSource(path, tuple(mods)), mods)

@@ -29,6 +29,7 @@ has standardize False and scale 1).
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from multimae_jax import losses, modalities, pretrained
@@ -67,7 +68,8 @@ def input_modalities(config) -> dict:
 
 
 def build_model(config):
-    """The MultiViT of config.model with config.head on top, in config.train.compute_dtype."""
+    """The MultiViT of config.model with config.head on top, in config.train.compute_dtype
+    (config.train.residual_dtype, remat: as in pre-training)."""
     mc, hc = config.model, config.head.to_dict()
     head_type = hc.pop("type")
     head = HEADS[head_type](num_classes=config.target.num_classes, patch_size=mc.patch_size,
@@ -76,7 +78,9 @@ def build_model(config):
                     heads={config.target.name: head}, image_size=mc.image_size,
                     patch_size=mc.patch_size, num_global_tokens=mc.num_global_tokens,
                     dtype=DTYPES[config.train.compute_dtype],
-                    drop_path_rate=mc.drop_path_rate, **mc.overrides.to_dict())
+                    residual_dtype=DTYPES[config.train.residual_dtype],
+                    remat=config.train.remat, drop_path_rate=mc.drop_path_rate,
+                    **mc.overrides.to_dict())
 
 
 class FinetuneObjective:
@@ -152,11 +156,31 @@ class FinetuneObjective:
         """(model inputs, the head's output) of `batch`."""
         return self._predict(params, buffers, batch, key, train=False)
 
+    def random_batch(self, key, batch_size: int) -> dict:
+        """Random arrays in the layout and dtypes of the data pipeline's batches
+        (data/dense_recipes.py; for the benchmark): image inputs uint8 (B, S, S, 3), other
+        inputs float32 (B, S, S, C); a label target int32 (B, S, S) below num_classes, a
+        regression target float32 (B, S, S, C); the validity mask bool (B, S, S, 1), mostly
+        valid."""
+        s, t = self.config.model.image_size, self.config.target
+        keys = iter(jax.random.split(key, len(self.inputs) + 2))
+        out = {}
+        for name, mod in self.inputs.items():
+            shape = (batch_size, s, s, mod.channels)
+            out[name] = (jax.random.randint(next(keys), shape, 0, 256).astype(jnp.uint8)
+                         if mod.storage == "rgb8" else jax.random.normal(next(keys), shape))
+        out[t.name] = (jax.random.randint(next(keys), (batch_size, s, s), 0, t.num_classes)
+                       if self.label_target else
+                       jax.random.normal(next(keys), (batch_size, s, s, t.num_classes)))
+        if t.mask_valid:
+            out["mask_valid"] = jax.random.uniform(next(keys), (batch_size, s, s, 1)) < 0.9
+        return out
+
     # --- data ---------------------------------------------------------------------------------
 
     def _source(self, split: str, start: int, count: int, max_images: int = -1):
         """The split's samples: the folder data.path/<split> (Taskonomy: the rows of the split
-        CSV `split` under data.path), or synthetic scenes start.. + count (a disjoint range per
+        CSV `split` under data.path; 'tfds:NAME': NAME's split `split`), or synthetic scenes start.. + count (a disjoint range per
         split) when data.path is empty; of these, the official selection of `max_images`
         (config.data.max_*_images: > 0; -1 keeps all; `dense_sources.make_dense_source`)."""
         c, d = self.config, self.config.data
@@ -173,6 +197,10 @@ class FinetuneObjective:
         if d.recipe == "taskonomy":
             return make_dense_source(d.path, mods, split_csv=split, max_images=limit,
                                      taskonomy_folders={c.target.name: d.taskonomy_task})
+        if d.path.startswith("tfds:"):  # the split is TFDS's own (e.g. val_split='test')
+            return make_dense_source(f"{d.path}:{split}", mods, mask=d.mask or None,
+                                     max_images=limit, tfds_fields=d.tfds_fields.to_dict(),
+                                     tfds_scales=d.tfds_scales.to_dict())
         return make_dense_source(f"{d.path}/{split}", mods, mask=d.mask or None,
                                  max_images=limit)
 

@@ -38,6 +38,10 @@ def finetune_config(*, input_tasks, image_size: int, batch: int, eval_batch: int
     c.data.eval_batch_size = eval_batch
     c.data.num_workers = 8
     c.data.mask = ""  # the validity mask's modality ('' = none)
+    # data.path 'tfds:NAME' (the splits are TFDS's): {modality: feature} where the names differ,
+    # {modality: factor} for float features read as 16-bit (data/tfds_source.py)
+    c.data.tfds_fields = ml_collections.ConfigDict()
+    c.data.tfds_scales = ml_collections.ConfigDict()
     # data.path empty: synthetic scenes, the first synthetic_samples for training, the next
     # synthetic_eval_samples for evaluation
     c.data.synthetic_samples = 1000
