@@ -80,13 +80,13 @@ def test_states_match(finetuned):
     moved = max(float(np.max(np.abs(v - ref_params[k])))
                 for k, v in flat(restore_numpy(workdirs["one_device"], 1)["params"]).items())
     assert moved > 5e-4  # the updates are far above the tolerance
+    ref_opt = flat(states["one_device"]["opt_state"])
     for name in RUNS[1:]:
         params, opt = flat(states[name]["params"]), flat(states[name]["opt_state"])
-        assert params.keys() == ref_params.keys()
+        assert params.keys() == ref_params.keys() and opt.keys() == ref_opt.keys()
         for k in params:
             np.testing.assert_allclose(params[k], ref_params[k], rtol=0, atol=1e-5,
                                        err_msg=f"{name} {k}")
-        ref_opt = flat(states["one_device"]["opt_state"])
         for k in opt:
             np.testing.assert_allclose(opt[k], ref_opt[k], rtol=1e-5, atol=1e-7,
                                        err_msg=f"{name} {k}")

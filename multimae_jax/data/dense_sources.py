@@ -165,8 +165,9 @@ def make_dense_source(path: str, modalities, *, split_csv: str = "",
     path '' -> `synthetic_scenes` [synthetic_start, + synthetic_samples), rendering `mask`;
     split_csv -> Taskonomy under `path`, the first max_images rows (taskonomy_folders: {key:
     folder} where they differ);
-    'tfds:NAME[:SPLIT]' -> TFDS (tfds_fields, tfds_scales: `TfdsSource`); a folder with meta.json -> packed shards; else the split folder
-    `path` (e.g. nyu/train). For these three, max_images is the official random subset.
+    'tfds:NAME[:SPLIT]' -> TFDS (tfds_fields, tfds_scales: `TfdsSource`); a folder with
+    meta.json -> packed shards; else the split folder `path` (e.g. nyu/train). For these three,
+    max_images is the official random subset.
     """
     if not path:
         if synthetic_scenes is None:

@@ -180,9 +180,10 @@ class FinetuneObjective:
 
     def _source(self, split: str, start: int, count: int, max_images: int = -1):
         """The split's samples: the folder data.path/<split> (Taskonomy: the rows of the split
-        CSV `split` under data.path; 'tfds:NAME': NAME's split `split`), or synthetic scenes start.. + count (a disjoint range per
-        split) when data.path is empty; of these, the official selection of `max_images`
-        (config.data.max_*_images: > 0; -1 keeps all; `dense_sources.make_dense_source`)."""
+        CSV `split` under data.path; 'tfds:NAME': NAME's split `split`), or synthetic scenes
+        start.. + count (a disjoint range per split) when data.path is empty; of these, the
+        official selection of `max_images` (config.data.max_*_images: > 0; -1 keeps all;
+        `dense_sources.make_dense_source`)."""
         c, d = self.config, self.config.data
         registry = modalities.with_overrides(c.modalities.to_dict())
         keys = (*self.inputs, c.target.name) + ((d.mask,) if d.mask else ())
