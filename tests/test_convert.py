@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from multimae_jax import load_pretrained, save_checkpoint
-from multimae_jax.convert import export, official
+from multimae_jax.convert import export, official, pth_reader, timm
 from multimae_jax.convert.__main__ import main as convert_main
 from multimae_jax.models.presets import pretrain_multimae
 from multimae_jax.models.spec import abstract_variables, from_spec, to_spec
@@ -71,6 +71,51 @@ def test_export_roundtrip_is_the_official_state_dict(official_dir, official_stat
         model2, variables2 = load_pretrained(path, **TINY_HEADS)
         assert to_spec(model2) == to_spec(model)
         chex.assert_trees_all_equal(variables2, variables)
+
+
+def test_timm_export_is_the_official_multimae_to_vit(official_dir, tmp_path, capsys):
+    """vit_tiny_timm.pth is the official multimae_to_vit of multivit_heads_tiny.pth."""
+    want = pth_reader.load_state_dict(official_dir / "vit_tiny_timm.pth")
+    for suffix in (".safetensors", ".npz"):
+        out = tmp_path / f"vit{suffix}"
+        assert convert_main([str(official_dir / "multivit_heads_tiny.pth"), str(out),
+                             "--format", "timm", "--num_heads", "4"]) == 0
+        assert "timm ViT" in capsys.readouterr().out
+        got = export.load_exported(out)
+        assert set(got) == set(want), set(got) ^ set(want)
+        for key, value in want.items():
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert got[key].tobytes() == value.tobytes(), key  # bit-equal
+
+
+def test_timm_layout_roundtrips(official_dir, official_state_dict):
+    vit = pth_reader.load_state_dict(official_dir / "vit_tiny_timm.pth")
+    chex.assert_trees_all_equal(timm.official_to_timm(timm.timm_to_official(vit)), vit)
+    # the other way: the rgb encoder of a MultiViT comes back, the rest is dropped
+    multivit = official_state_dict("multivit_heads_tiny")
+    rgb_encoder = {k: v for k, v in multivit.items()
+                   if k.startswith(("global_tokens", "input_adapters.rgb.", "encoder."))}
+    chex.assert_trees_all_equal(timm.timm_to_official(timm.official_to_timm(multivit)),
+                                rgb_encoder)
+
+
+def test_timm_export_refusals(official_state_dict, tmp_path, capsys):
+    sd = official_state_dict("multivit_heads_tiny")
+    two_tokens = sd | {"global_tokens": np.concatenate([sd["global_tokens"]] * 2, axis=1)}
+    with pytest.raises(ValueError, match="has 2 global tokens.*without --format timm"):
+        timm.official_to_timm(two_tokens)
+    no_rgb = {k: v for k, v in sd.items() if not k.startswith("input_adapters.rgb.")}
+    with pytest.raises(ValueError, match="no rgb input adapter.*export a checkpoint with an rgb"):
+        timm.official_to_timm(no_rgb)
+    # through the CLI: exit status 2 and the reason, naming the file
+    src = tmp_path / "no_rgb.safetensors"
+    export.save_state_dict(no_rgb, src)
+    assert convert_main([str(src), str(tmp_path / "vit.npz"), "--format", "timm",
+                         "--num_heads", "4"]) == 2
+    assert "no_rgb.safetensors: has no rgb input adapter" in capsys.readouterr().err
+    assert not (tmp_path / "vit.npz").exists()
+    with pytest.raises(SystemExit):  # a checkpoint folder has no timm layout
+        convert_main([str(src), str(tmp_path / "ckpt"), "--format", "timm"])
 
 
 def test_spec_roundtrip_builds_the_same_model():
