@@ -179,3 +179,27 @@ def dense_cross_entropy(logits, labels, ignore_index: int = 255) -> jax.Array:
     (B, H, W) int in [0, C) or ignore_index."""
     _, nll, valid = _log_probs_nll(logits, labels, ignore_index)
     return jnp.where(valid, nll, 0.0).sum() / valid.sum()
+
+
+# --- Classification losses of `run_finetuning_cls.py: main` (timm's `utils/cross_entropy.py`):
+# SoftTargetCrossEntropy with Mixup / CutMix targets (`multimae_jax/mixup.py`), else
+# LabelSmoothingCrossEntropy when smoothing > 0, else torch.nn.CrossEntropyLoss (smoothing 0 here).
+
+
+def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """SoftTargetCrossEntropy: mean over samples of sum_c -targets * log_softmax(logits), in fp32.
+    logits, targets: (B, C) (targets rows are distributions, e.g. from mixup.mix_batch)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.sum(-targets.astype(jnp.float32) * logp, axis=-1).mean()
+
+
+def label_smoothing_cross_entropy(logits: jax.Array, labels: jax.Array,
+                                  smoothing: float = 0.1) -> jax.Array:
+    """LabelSmoothingCrossEntropy(smoothing): mean over samples of (1 - smoothing) * nll +
+    smoothing * mean_c(-log_softmax), in fp32; smoothing 0 is torch.nn.CrossEntropyLoss.
+    logits (B, C), labels (B,) int in [0, C)."""
+    if not smoothing < 1.0:
+        raise ValueError(f"label smoothing must be < 1 (the official asserts it), got {smoothing}")
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return ((1.0 - smoothing) * nll - smoothing * logp.mean(axis=-1)).mean()

@@ -193,3 +193,29 @@ def summarize(batch_stats: Sequence[dict], metrics_fn: Callable[[dict], dict]) -
         total = add_stats(total, s)
     return {"per_batch": {k: float(np.mean([v[k] for v in values])) for k in values[0]},
             "dataset": metrics_fn(total)}
+
+
+# --- Classification -----------------------------------------------------------------------------
+
+def topk_correct(logits: jax.Array, labels: jax.Array, ks: Sequence[int] = (1, 5),
+                 valid: jax.Array | None = None) -> dict:
+    """Counts behind `utils/metrics.py: accuracy(output, target, topk=ks)` for one batch.
+
+    logits: (B, C); labels: (B,) int; valid: (B,) bool or None. Returns int32 counts
+    {'top<k>': samples whose label is among the min(k, C) highest logits (the official clamps k
+    to the number of classes, so top5 of 3 classes is top3), 'samples': valid samples}; the
+    official accuracy in percent is 100 * top<k> / samples. Equal logits rank the lower class
+    first (torch.topk leaves ties unspecified); a label outside [0, C) is never correct.
+    """
+    b, c = logits.shape
+    logits = logits.astype(jnp.float32)
+    labels = jnp.asarray(labels, jnp.int32).reshape(b)
+    in_range = (labels >= 0) & (labels < c)
+    classes = jnp.arange(c, dtype=jnp.int32)[None, :]
+    own = jnp.take_along_axis(logits, jnp.clip(labels, 0, c - 1)[:, None], axis=-1)
+    # the label's rank: classes with a higher logit, or an equal one and a lower index
+    rank = ((logits > own) | ((logits == own) & (classes < labels[:, None]))).sum(axis=-1)
+    keep = _sample_valid(valid, b) & in_range
+    out = {f"top{k}": (keep & (rank < min(k, c))).sum().astype(jnp.int32) for k in ks}
+    out["samples"] = _sample_valid(valid, b).sum().astype(jnp.int32)
+    return out

@@ -15,7 +15,6 @@ import argparse
 import json
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +23,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import official_code  # noqa: E402
+from classify_cases import cls_losses, mixup_batch  # noqa: E402
 from common import Fixture  # noqa: E402
 from dense_transform_cases import dense_transforms  # noqa: E402
 from finetune_metric_cases import dense_losses, finetune_metrics  # noqa: E402
 from finetune_step_case import finetune_step  # noqa: E402
 from multivit_cases import (  # noqa: E402
     multivit_heads_tiny, multivit_outputs, timm_tokens, tiny_multivit, vit_tiny_timm)
+from npz_writer import save_npz  # noqa: E402
 from param_group_cases import finetune_param_groups  # noqa: E402
 from posemb_case import posemb_outputs, posemb_resize  # noqa: E402
 from pretrain_cases import (  # noqa: E402
@@ -40,18 +41,6 @@ from training_cases import clip_grad, schedules, task_balancing  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 SIZE_LIMIT = 12_000_000  # bytes
 CHECK_TOLERANCE = 1e-5
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez_compressed, but LZMA (about 10 % smaller than its deflate on float data; np.load
-    reads it through the standard zipfile module) and with fixed timestamps, so an unchanged
-    fixture is rewritten byte for byte."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as archive:
-        for key, value in arrays.items():
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_LZMA
-            with archive.open(info, "w") as f:
-                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
 
 
 def write(fixture: Fixture, out: Path) -> None:
@@ -73,6 +62,7 @@ def generate(off, out: Path) -> None:
         lambda: dense_losses(off), lambda: finetune_metrics(off),
         lambda: finetune_param_groups(off), lambda: finetune_step(off),
         lambda: dense_transforms(off),
+        lambda: mixup_batch(off), lambda: cls_losses(off),
     ]
     for make in makers:
         start = time.perf_counter()
