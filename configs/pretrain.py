@@ -14,6 +14,7 @@ from ml_collections.config_dict import placeholder
 
 from multimae_jax import modalities
 from multimae_jax.train.config_fields import encoder_fields, loop_fields
+from multimae_jax.train.features import knn_data
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -74,6 +75,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # -1: the remaining devices
 
+    # Evaluators during pre-training: k-NN classification on the encoder's rgb features
+    # (train/features.py), e.g. evals.knn = dict(type='knn', k=20, temperature=0.07, pool='mean',
+    # num_classes=1000, every_epochs=10, data=knn_data(path=IMAGENET)); none by default.
+    c.evals = ml_collections.ConfigDict()
+
     if variant == "tiny":
         c.model.size = "tiny"
         c.model.image_size = 64
@@ -93,6 +99,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         c.train.log_every = 20
         c.train.picture_every = 100
         c.train.checkpoint_every = 100
+        # k-NN on other scenes (seed 1), labelled by their largest shape: 7 classes
+        c.evals.knn = ml_collections.ConfigDict(dict(
+            type="knn", k=20, temperature=0.07, pool="mean", num_classes=7, every_epochs=1,
+            data=knn_data(crop_pct=1.0, eval_batch_size=64)))
     elif variant:
         raise ValueError(f"configs/pretrain.py: unknown variant '{variant}' (known: tiny)")
     return c

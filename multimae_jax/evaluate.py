@@ -1,11 +1,13 @@
 """python -m multimae_jax.evaluate --config=configs/finetune_*.py:VARIANT --checkpoint=PATH
     [--output_dir=DIR] [--config.a.b=v]
+python -m multimae_jax.evaluate --config=configs/knn.py:VARIANT --checkpoint=PATH
 
 Evaluates fine-tuned weights stand-alone with the config's evaluators (config.evals, on
 data.val_split; e.g. --config.data.val_split=test, --config.data.max_val_images=-1): prints a
 metrics table per evaluator and writes DIR/metrics.json ({'checkpoint', 'step', <evaluator>:
 {metric: value}}) and DIR/<evaluator>.png (input | prediction | ground truth). DIR defaults to
-'evaluation'.
+'evaluation'. configs/knn.py evaluates the frozen rgb features of any pre-trained or fine-tuned
+encoder by k-NN (its global tokens, encoder and rgb input adapter are read; the rest is unused).
 
 PATH is a fine-tuning workdir (its latest checkpoint; WORKDIR/best_val holds the best one), an
 Orbax checkpoint folder of ours (WORKDIR/checkpoints/<step>), an exported .safetensors / .npz,
@@ -27,7 +29,7 @@ from multimae_jax.convert import official
 from multimae_jax.models import spec
 from multimae_jax.train import distributed, sharding
 from multimae_jax.train.eval_hook import format_table, write_json
-from multimae_jax.train.finetune import FinetuneObjective
+from multimae_jax.train.objectives import make_objective
 from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
 from multimae_jax.train.visualize import save_png
@@ -37,11 +39,14 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's weights are not the config's model."""
 
 
-def load_weights(model, path) -> tuple[dict, int | None]:
+def load_weights(model, path, select=None) -> tuple[dict, int | None]:
     """(variables of `model` as numpy, the checkpoint's step or None for a file) from `path`
     (see the module docstring). Every format goes through the official names
-    (`pretrained.any_state_dict`), so that each is checked against `model` the same way."""
+    (`pretrained.any_state_dict`), so that each is checked against `model` the same way;
+    select(state_dict) -> the part `model` reads (default: all)."""
     state_dict = pretrained.any_state_dict(path)
+    if select is not None:
+        state_dict = select(state_dict)
     step = int(fmt.find(path).name) if Path(path).is_dir() else None
     try:
         return official.official_to_flax(state_dict, spec.abstract_variables(model),
@@ -54,13 +59,14 @@ def load_weights(model, path) -> tuple[dict, int | None]:
 def evaluate(config, checkpoint, output_dir) -> dict:
     """{evaluator: {metric: value}} of the weights at `checkpoint`; see the module docstring."""
     validate(config, jax.device_count(), jax.process_count())
-    if config.get("objective") != "finetune":
-        raise ConfigError(f"config.objective={config.get('objective')!r}: evaluate runs the "
-                          "evaluators of a fine-tuning config (configs/finetune_*.py)")
-    objective = FinetuneObjective(config)
+    if config.get("objective", "pretrain") == "pretrain":
+        raise ConfigError("config.objective='pretrain': evaluate runs the evaluators of a "
+                          "fine-tuning config (configs/finetune_*.py)")
+    objective = make_objective(config)
     mesh = sharding.make_mesh(config.mesh.to_dict())
     trainer = Trainer(objective, config, mesh, 1, 0, objective.base_lr(config))
-    variables, step = load_weights(objective.model, checkpoint)
+    variables, step = load_weights(objective.model, checkpoint,
+                                   getattr(objective, "select_weights", None))
     state_sharding = {k: trainer.state_sharding[k] for k in variables}
     state = jax.tree.map(lambda x, s: jax.device_put(x, s), variables, state_sharding)
     evaluators, _ = objective.evaluators(trainer, 1)
@@ -71,7 +77,8 @@ def evaluate(config, checkpoint, output_dir) -> dict:
         picture = ev.pictures(state, 4)
         if is_main:
             print(format_table(name, step, results[name]), flush=True)
-            save_png(picture, output_dir / f"{name}.png")
+            if picture is not None:  # k-NN draws none
+                save_png(picture, output_dir / f"{name}.png")
     if is_main:
         report = {"checkpoint": str(checkpoint), "step": step, **results}
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -315,7 +315,7 @@ def test_make_evaluators_and_best_criterion(meshes):
 
 
 @pytest.mark.parametrize("section, message", [
-    (dict(type="knn"), r"config\.evals\.val\.type = 'knn'"),
+    (dict(type="fid"), r"config\.evals\.val\.type = 'fid'"),
     (dict(type="semseg", num_classes=K, target="semseg", picture_input="rgb", batch=8),
      r"config\.evals\.val \(type 'semseg'\): unknown field\(s\) \['batch'\]"),
     (dict(type="depth", picture_input="rgb"), r"missing field\(s\) \['target'\]"),

@@ -35,6 +35,7 @@ FINISHED = {"train.num_steps": 8, "train.keep_checkpoints": 4}
 def small_config(**overrides):
     """`SMALL` on the tiny variant; `overrides` as {'train.num_steps': 4, ...}."""
     c = get_config("tiny")
+    c.evals = {}  # the tiny recipe's k-NN: tests/test_knn.py
     c.update_from_flattened_dict({**SMALL, **overrides})
     return c
 

@@ -43,8 +43,8 @@ class _Prepare(grain.transforms.Map):
         position, sample, *valid = item
         rng = None if self.seed is None else np.random.default_rng((self.seed, position))
         out = self.recipe(sample, rng)
-        if valid:
-            out["valid"] = np.bool_(valid[0])
+        if valid:  # a recipe may mark a row it could not read invalid too
+            out["valid"] = np.bool_(valid[0] and out.get("valid", True))
         return out
 
 

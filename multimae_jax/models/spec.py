@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from multimae_jax.models import dense_heads, input_adapters, multimae, output_adapters
+from multimae_jax.models import dense_heads, input_adapters, multimae, output_adapters, probe
 
 _CLASSES = {cls.__name__: cls for cls in (
     multimae.MultiMAE, multimae.MultiViT,
     input_adapters.PatchedInputAdapter, input_adapters.SemSegInputAdapter,
     output_adapters.SpatialOutputAdapter, output_adapters.LinearOutputAdapter,
-    dense_heads.ConvNeXtAdapter, dense_heads.DPTOutputAdapter)}
+    dense_heads.ConvNeXtAdapter, dense_heads.DPTOutputAdapter, probe.LinearProbeHead)}
 
 
 def _encode(value):

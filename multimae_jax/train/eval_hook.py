@@ -80,8 +80,10 @@ class EvalHook:
                               if improved else ""))
                 for k, v in results.items():
                     self.writer.add_scalar(f"{name}/{k}", v, step)
-                self.writer.add_image(f"{name}/predictions", picture, step, dataformats="HWC")
-                save_png(picture, self.workdir / "pictures" / f"{name}_step_{step:07d}.png")
+                if picture is not None:  # k-NN draws none
+                    self.writer.add_image(f"{name}/predictions", picture, step,
+                                          dataformats="HWC")
+                    save_png(picture, self.workdir / "pictures" / f"{name}_step_{step:07d}.png")
         if done and self.is_main:
             self.history = [e for e in self.history if e["step"] != step] + [{"step": step, **done}]
             write_json(self.workdir / METRICS, self.history)

@@ -44,7 +44,7 @@ from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.dense_heads import ConvNeXtAdapter, DPTOutputAdapter
 from multimae_jax.models.presets import multivit
 from multimae_jax.models.spec import example_inputs
-from multimae_jax.train.evaluators import make_evaluators
+from multimae_jax.train.evaluators import eval_every, make_evaluators
 from multimae_jax.train.param_groups import finetune_optimizer
 from multimae_jax.train.step import DTYPES
 
@@ -269,12 +269,14 @@ class FinetuneObjective:
             with trainer.on_mesh():
                 return self.predict(params, buffers, batch, key)[1]
 
-        evaluators = make_evaluators(
-            c.evals, predict_fn, trainer.mesh, batches, target=c.target.name,
-            num_classes=c.target.num_classes, picture_input=next(iter(self.inputs)),
-            loss=c.target.loss, **{k: c.target[k] for k in ("mean", "std") if k in c.target})
-        every = {name: int(section.get("every", 0))
-                 or max(1, round(section.every_epochs * steps_per_epoch))
-                 for name, section in c.evals.items()}
-        return evaluators, every
+        evaluators = make_evaluators(c.evals, predict_fn, trainer.mesh, batches,
+                                     **self._evaluator_defaults())
+        return evaluators, eval_every(c.evals, steps_per_epoch)
+
+    def _evaluator_defaults(self) -> dict:
+        """The evaluators' fields this config fixes (`make_evaluators`' defaults)."""
+        t = self.config.target
+        return dict(target=t.name, num_classes=t.num_classes,
+                    picture_input=next(iter(self.inputs)), loss=t.loss,
+                    **{k: t[k] for k in ("mean", "std") if k in t})
 

@@ -144,3 +144,29 @@ def clip_by_total_norm(grads, max_norm: float, total_norm):
     total_norm the (pre-clip) global L2 norm of `grads`."""
     coef = jnp.minimum(1.0, max_norm / (total_norm + 1e-6))
     return jax.tree.map(lambda g: g * coef.astype(g.dtype), grads)
+
+
+def mae_warmup_cosine(base_value: float, total_steps: float, warmup_steps: float,
+                      final_value: float = 0.0):
+    """facebookresearch/mae `util/lr_sched.py: adjust_learning_rate` (the linear-probing and
+    fine-tuning lr) as a function of the step. MAE calls it every iteration with the fractional
+    epoch e = step / steps_per_epoch; with total_steps = epochs x steps_per_epoch and
+    warmup_steps = warmup_epochs x steps_per_epoch it is, in steps:
+
+        step < warmup_steps: base_value x step / warmup_steps   (from 0, reaching base_value
+                                                                 only at the end of warm-up)
+        else: final_value + (base_value - final_value) x 0.5 x
+              (1 + cos(pi (step - warmup_steps) / (total_steps - warmup_steps)))
+
+    Unlike `warmup_cosine` (native_scaler.cosine_scheduler: a linspace warm-up that reaches
+    base_value at warmup_steps - 1). After total_steps (never reached by MAE) it stays at
+    final_value."""
+    decay_steps = total_steps - warmup_steps
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = base_value * step / warmup_steps if warmup_steps > 0 else 0.0 * step
+        t = jnp.clip((step - warmup_steps) / decay_steps, 0.0, 1.0) if decay_steps > 0 else 1.0
+        cos = final_value + (base_value - final_value) * 0.5 * (1 + jnp.cos(jnp.pi * t))
+        return jnp.where(step < warmup_steps, warm, cos)
+    return schedule

@@ -22,6 +22,7 @@ from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.presets import pretrain_multimae
 from multimae_jax.models.spec import example_inputs
 from multimae_jax.train import task_balancing
+from multimae_jax.train.features import knn_evaluators
 from multimae_jax.train.optimizer import make_optimizer, scaled_lr
 from multimae_jax.train.step import DTYPES, Trainer
 from multimae_jax.train.visualize import reconstruction_grid
@@ -86,9 +87,11 @@ class PretrainObjective:
         return state
 
     def evaluators(self, trainer, steps_per_epoch: int):
-        """Pre-training evaluates nothing during training: ({}, {})."""
-        del trainer, steps_per_epoch
-        return {}, {}
+        """The k-NN evaluators of config.evals on the encoder's rgb features, if any
+        (train/features.py): ({name: evaluator}, {name: every N steps})."""
+        if not self.config.get("evals"):
+            return {}, {}
+        return knn_evaluators(self.config, trainer, steps_per_epoch)
 
     def forward(self, params, buffers, batch, key, train: bool):
         """Model inputs, predictions, masks and per-task losses of one (micro-)batch."""

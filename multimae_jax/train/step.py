@@ -21,9 +21,13 @@ import optax
 from multimae_jax import integrity
 from multimae_jax.models.layers import BATCH
 from multimae_jax.train import sharding
-from multimae_jax.train.optimizer import clip_by_total_norm, warmup_cosine, weight_decay_schedule
+from multimae_jax.train.optimizer import (clip_by_total_norm, mae_warmup_cosine, warmup_cosine,
+                                         weight_decay_schedule)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+#: config.optimizer.schedule -> the lr schedule: the official `cosine_scheduler` (warm-up
+#: np.linspace(0, lr, warmup)), or MAE's `adjust_learning_rate` (warm-up lr * step / warmup)
+SCHEDULES = {"cosine_scheduler": warmup_cosine, "mae": mae_warmup_cosine}
 
 
 class Trainer:
@@ -35,7 +39,8 @@ class Trainer:
         self.objective, self.config, self.mesh = objective, config, mesh
         self.model = objective.model
         o = config.optimizer
-        self.schedule = warmup_cosine(base_lr, total_steps, warmup_steps, o.min_lr)
+        schedule = SCHEDULES[o.get("schedule", "cosine_scheduler")]
+        self.schedule = schedule(base_lr, total_steps, warmup_steps, o.min_lr)
         self.wd_schedule = weight_decay_schedule(o, total_steps)
         self.tx = objective.make_optimizer(self.schedule, self.wd_schedule)
         self.key = jax.random.key(config.seed)
@@ -82,24 +87,30 @@ class Trainer:
         micro = jax.tree.map(lambda x: x.reshape((accum, -1) + x.shape[1:]), batch)
         trainable = {k: state[k] for k in self.trainable_keys}
 
-        def loss_fn(trainable, mb, k):
-            return self.loss(trainable, state["buffers"], mb, k)
+        # An objective with `updates_buffers` (the linear probe's BatchNorm statistics) returns
+        # (loss, (logged, new buffers)); its buffers pass from micro-batch to micro-batch, as
+        # torch's running statistics do, and are kept only with a finite update.
+        updates_buffers = getattr(self.objective, "updates_buffers", False)
+
+        def loss_fn(trainable, buffers, mb, k):
+            loss, aux = self.loss(trainable, buffers, mb, k)
+            return loss, (aux if updates_buffers else (aux, buffers))
 
         def accumulate(carry, inp):
-            grads, totals = carry
+            grads, totals, buffers = carry
             i, mb = inp
-            (_, logged), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                trainable, mb, jax.random.fold_in(key, i))
+            (_, (logged, buffers)), g = jax.value_and_grad(loss_fn, has_aux=True)(
+                trainable, buffers, mb, jax.random.fold_in(key, i))
             grads = jax.tree.map(lambda a, b: a + b / accum, grads, g)
             totals = jax.tree.map(lambda a, b: a + b / accum, totals, logged)
-            return (grads, totals), None
+            return (grads, totals, buffers), None
 
         zeros = jax.tree.map(jnp.zeros_like, trainable)
-        _, logged_shape = jax.eval_shape(loss_fn, trainable, jax.tree.map(lambda x: x[0], micro),
-                                         key)
+        _, (logged_shape, _) = jax.eval_shape(loss_fn, trainable, state["buffers"],
+                                              jax.tree.map(lambda x: x[0], micro), key)
         zero_logged = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), logged_shape)
-        (grads, logged), _ = jax.lax.scan(
-            accumulate, (zeros, zero_logged), (jnp.arange(accum), micro))
+        (grads, logged, buffers), _ = jax.lax.scan(
+            accumulate, (zeros, zero_logged, state["buffers"]), (jnp.arange(accum), micro))
         loss = logged["loss"]
         # the official clips, skips on and logs the norm of the model's gradients only
         # (`loss_scaler(..., parameters=model.parameters())`)
@@ -122,7 +133,8 @@ class Trainer:
         apply = finite & ~too_large
         keep = lambda new, old: jax.tree.map(lambda n, p: jnp.where(apply, n, p), new, old)
         new_state = {
-            "step": state["step"] + 1, "buffers": state["buffers"], **keep(new, trainable),
+            "step": state["step"] + 1, "buffers": keep(buffers, state["buffers"]),
+            **keep(new, trainable),
             "opt_state": keep(opt_state, state["opt_state"]),
             "nonfinite_streak": jnp.where(finite, 0, state["nonfinite_streak"] + 1),
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),

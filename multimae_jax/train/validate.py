@@ -14,6 +14,7 @@ from multimae_jax.train import sharding
 from multimae_jax.train.pretrain import config_modalities
 from multimae_jax.train.step import DTYPES
 from multimae_jax.train.task_balancing import BALANCERS
+from multimae_jax.train.validate_classify import CLASSIFY_RANGES, validate_classify
 
 
 class ConfigError(ValueError):
@@ -62,7 +63,7 @@ _FINETUNE_RANGES = {
 
 def validate(config, num_devices: int, num_processes: int) -> None:
     objective = config.get("objective", "pretrain")
-    if objective == "pretrain":
+    if objective in ("pretrain", "features"):  # 'features' evaluates a pre-training config
         ins, outs = _validate_tasks(config, ("input_tasks", "output_tasks"))
         _validate_ranges(config, {**_RANGES, **_PRETRAIN_RANGES})
         _validate_patches(config, {**ins, **outs})
@@ -72,8 +73,13 @@ def validate(config, num_devices: int, num_processes: int) -> None:
         _validate_ranges(config, {**_RANGES, **_FINETUNE_RANGES})
         _validate_patches(config, _validate_tasks(config, ("input_tasks",))[0])
         _validate_finetune(config)
+    elif objective in ("classify", "linear_probe"):
+        _validate_ranges(config, {**_RANGES, **CLASSIFY_RANGES})
+        _validate_patches(config, _validate_tasks(config, ("input_tasks",))[0])
+        validate_classify(config, ConfigError)
     else:
-        raise ConfigError(f"config.objective={objective!r}: expected 'pretrain' or 'finetune'")
+        raise ConfigError(f"config.objective={objective!r}: expected one of 'pretrain', "
+                          "'finetune', 'classify', 'linear_probe', 'features'")
     _validate_encoder(config)
     _validate_mesh(config, num_devices)
     _validate_batch(config, num_devices, num_processes)

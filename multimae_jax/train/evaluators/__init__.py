@@ -1,12 +1,18 @@
 """Evaluators in the style of big_vision: `config.evals.<name> = dict(type=..., every=...,
 data=..., <the evaluator's fields>)`, each built into an object with `run(state) -> {metric:
-float}`, `pictures(state, n) -> uint8 (H, W, 3)` and the official best-checkpoint criterion
-(`best_key`, `higher_is_better`, `improves`). They run during training and stand-alone.
+float}`, `pictures(state, n) -> uint8 (H, W, 3)` (or None: k-NN) and the official
+best-checkpoint criterion (`best_key`, `higher_is_better`, `improves`). They run during training
+and stand-alone.
 
-    type        class                fields
-    semseg      SemsegEvaluator      num_classes, target, picture_input
-    depth       DepthEvaluator       target, picture_input, loss ('berhu' | 'l1'), mean, std
-    taskonomy   TaskonomyEvaluator   target, picture_input
+    type            class                    fields
+    semseg          SemsegEvaluator          num_classes, target, picture_input
+    depth           DepthEvaluator           target, picture_input, loss ('berhu' | 'l1'),
+                                             mean, std
+    taskonomy       TaskonomyEvaluator       target, picture_input
+    classification  ClassificationEvaluator  num_classes, target, picture_input
+    knn             KnnEvaluator             num_classes, target, picture_input, k,
+                                             temperature, pool (frozen features; the data side
+                                             gives the reference set as reference_batches)
 
 The training loop reads the schedule (`every`, `every_epochs`) and the data side `data`; an
 evaluator knows neither.
@@ -17,13 +23,17 @@ import inspect
 from typing import Callable, Iterator, Mapping
 
 from multimae_jax.train.evaluators.base import DenseEvaluator, PredictFn
+from multimae_jax.train.evaluators.classification import ClassificationEvaluator
 from multimae_jax.train.evaluators.depth import DepthEvaluator, TaskonomyEvaluator
+from multimae_jax.train.evaluators.knn import KnnEvaluator
 from multimae_jax.train.evaluators.semseg import SemsegEvaluator
 
 EVALUATORS = {"semseg": SemsegEvaluator, "depth": DepthEvaluator,
-              "taskonomy": TaskonomyEvaluator}
+              "taskonomy": TaskonomyEvaluator, "classification": ClassificationEvaluator,
+              "knn": KnnEvaluator}
 OTHER_FIELDS = ("data", "every", "every_epochs")  # read by the data side and the loop
-_GIVEN = ("predict_fn", "mesh", "batches", "name")  # passed by make_evaluators, not configured
+# passed by make_evaluators, not configured
+_GIVEN = ("predict_fn", "mesh", "batches", "reference_batches", "name")
 
 
 def make_evaluators(config_evals: Mapping, predict_fn: PredictFn, mesh,
@@ -33,7 +43,9 @@ def make_evaluators(config_evals: Mapping, predict_fn: PredictFn, mesh,
     of dicts).
 
     predict_fn, mesh: as `DenseEvaluator`, shared by all; make_batches(name, section) -> the
-    zero-argument callable giving a fresh iterator over that evaluator's process-local batches.
+    zero-argument callable giving a fresh iterator over that evaluator's process-local batches,
+    or {argument: such a callable} for an evaluator that reads several streams (k-NN: batches,
+    reference_batches).
     defaults: fields the run's config fixes elsewhere (e.g. target=config.target.name,
     num_classes=..., picture_input=the first input), given to each evaluator that has such a
     field unless its section sets it. A wrong type, an unknown or a missing field is a
@@ -58,10 +70,20 @@ def make_evaluators(config_evals: Mapping, predict_fn: PredictFn, mesh,
                              + (f"unknown field(s) {unknown} " if unknown else "")
                              + (f"missing field(s) {missing} " if missing else "")
                              + f"- its fields are {sorted(params)}, besides {list(OTHER_FIELDS)}")
-        out[name] = EVALUATORS[kind](predict_fn, mesh, make_batches(name, section), name=name,
-                                     **fields)
+        streams = make_batches(name, section)
+        streams = dict(streams) if isinstance(streams, Mapping) else {"batches": streams}
+        out[name] = EVALUATORS[kind](predict_fn, mesh, name=name, **streams, **fields)
     return out
 
 
-__all__ = ["DenseEvaluator", "DepthEvaluator", "SemsegEvaluator", "TaskonomyEvaluator",
-           "EVALUATORS", "make_evaluators"]
+def eval_every(config_evals: Mapping, steps_per_epoch: int) -> dict[str, int]:
+    """{name: run every N steps}: a section's `every`, else round(every_epochs x steps per
+    epoch), at least 1."""
+    return {name: int(section.get("every", 0))
+            or max(1, round(section.every_epochs * steps_per_epoch))
+            for name, section in config_evals.items()}
+
+
+__all__ = ["ClassificationEvaluator", "DenseEvaluator", "DepthEvaluator", "KnnEvaluator",
+           "SemsegEvaluator", "TaskonomyEvaluator",
+           "EVALUATORS", "eval_every", "make_evaluators"]

@@ -130,11 +130,16 @@ class DenseEvaluator:
         for i in np.flatnonzero(shown["valid"]):
             sample = {k: v[i] for k, v in shown.items()}
             panels = (_input_panel(sample["input"]),) + self._panels(sample)
-            rows.append((str(i), tuple(np.round(p * 255).astype(np.uint8) for p in panels)))
+            rows.append((self._row_label(i, sample),
+                         tuple(np.round(p * 255).astype(np.uint8) for p in panels)))
         if not rows:
             raise ValueError(f"config.evals.{self.name}: no real sample among the first {n} of "
                              f"the first evaluation batch to draw")
         return panel_grid(rows, self.columns)
+
+    def _row_label(self, index: int, sample: dict) -> str:
+        """The row label of shown sample `index` (its position in the batch)."""
+        return str(index)
 
     def _shown_samples(self, params, buffers, batch, n: int) -> dict:
         """(traced) The first n samples' 'input', 'target', 'prediction' (`_shown_prediction`),

@@ -1,0 +1,148 @@
+"""The classification fine-tuning objective (official `run_finetuning_cls.py` with
+cfgs/finetune/cls/ft_in1k_100e_multimae-b.yaml): a MultiViT on the rgb input with
+`LinearOutputAdapter` (mean pooling; the official init_scale quirk kept), mixup / cutmix on the
+device, soft-target cross-entropy, and the fine-tuning optimizer of the dense objective with the
+lr scaled by the batch (lr = blr x global batch / 256). The generic Trainer and loop run it.
+
+Config (configs/finetune_cls.py), besides the fine-tuning sections (train/finetune_config.py):
+  head:   use_mean_pooling, init_scale, apply_init_scale (LinearOutputAdapter's fields)
+  target: name (the head's name, 'cls' as the official key), num_classes
+  augment: randaugment (a timm policy string, '' = none), scale, ratio, hflip, crop_pct
+          (evaluation: resize to image_size / crop_pct, centre crop)
+  mixup:  mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing, groups (the batch is
+          mixed within that many equal slices, each with its partner the slice reversed; the
+          official mixes each GPU's batch: groups = the number of GPUs)
+  data:   path ('' = the synthetic scenes labelled by shape; 'tfds:imagenet2012'; shards; an
+          ImageNet folder with train_split / val_split class folders), skip_corrupt
+  evals:  {name: {type: 'classification', every_epochs}}
+Batches: the input uint8 (B, S, S, 3) and 'label' int32 (B,).
+"""
+import jax
+import jax.numpy as jnp
+
+from multimae_jax import losses, mixup
+from multimae_jax.data.classify_sources import ImageFolder, check_classes, make_classify_source
+from multimae_jax.data.classify_transforms import ClassifyRecipe, ClassifyTrainAugment
+from multimae_jax.data.dense_sources import Subset, official_subset
+from multimae_jax.data.synthetic import SyntheticScenes
+from multimae_jax.data.transforms import prepare_batch
+from multimae_jax.models.output_adapters import LinearOutputAdapter
+from multimae_jax.models.presets import multivit
+from multimae_jax.train.finetune import FinetuneObjective, input_modalities
+from multimae_jax.train.optimizer import scaled_lr
+from multimae_jax.train.step import DTYPES
+
+
+def build_classifier(config, head):
+    """The MultiViT of config.model with `head` named config.target.name."""
+    mc, dtype = config.model, DTYPES[config.train.compute_dtype]
+    return multivit(mc.size, tuple(input_modalities(config).values()),
+                    heads={config.target.name: head}, image_size=mc.image_size,
+                    patch_size=mc.patch_size, num_global_tokens=mc.num_global_tokens,
+                    dtype=dtype, residual_dtype=DTYPES[config.train.residual_dtype],
+                    remat=config.train.remat, drop_path_rate=mc.drop_path_rate,
+                    **mc.overrides.to_dict())
+
+
+class ClassifyObjective(FinetuneObjective):
+    """Image classification (see the module docstring)."""
+
+    def __init__(self, config):
+        self.config = config
+        self.model = build_classifier(config, self.head(config))
+        self.inputs = input_modalities(config)
+        if len(self.inputs) != 1:
+            raise ValueError(f"config.model.input_tasks={list(self.inputs)}: classification "
+                             "reads one image input")
+        self.image = next(iter(self.inputs))
+        self.batch_keys = (self.image, "label")
+
+    @staticmethod
+    def head(config):
+        """LinearOutputAdapter with config.head's fields."""
+        return LinearOutputAdapter(config.target.num_classes,
+                                   dtype=DTYPES[config.train.compute_dtype],
+                                   **config.head.to_dict())
+
+    base_lr = staticmethod(scaled_lr)
+
+    def lr_note(self) -> str:
+        c = self.config
+        return (f" (blr {c.optimizer.blr:g} x batch {c.data.global_batch_size} / 256)")
+
+    @property
+    def mixing(self) -> bool:
+        """The official `mixup_active`: either alpha > 0."""
+        m = self.config.mixup
+        return m.mixup_alpha > 0 or m.cutmix_alpha > 0
+
+    def loss(self, trainable, buffers, batch, key):
+        """(loss, {'loss': loss}) of one (micro-)batch: mixup / cutmix with soft targets (the
+        official SoftTargetCrossEntropy) when mixing, else label smoothing or plain
+        cross-entropy; float32."""
+        m, num_classes = self.config.mixup, self.config.target.num_classes
+        mix_key, key = jax.random.split(key)
+        x = prepare_batch({self.image: batch[self.image]}, self.inputs)[self.image]
+        labels = batch["label"]
+        if self.mixing:
+            draw = mixup.draw_mixup(mix_key, mixup_alpha=m.mixup_alpha,
+                                    cutmix_alpha=m.cutmix_alpha, prob=m.prob,
+                                    switch_prob=m.switch_prob, image_hw=x.shape[1:3])
+            x, targets = mixup.mix_batch(x, labels, draw, num_classes, m.label_smoothing,
+                                         groups=m.groups)
+        logits = self._logits(trainable["params"], buffers, x, key, train=True)
+        if self.mixing:
+            loss = losses.soft_target_cross_entropy(logits, targets)
+        else:  # smoothing 0: plain cross-entropy, as the official CrossEntropyLoss
+            loss = losses.label_smoothing_cross_entropy(logits, labels, m.label_smoothing)
+        return loss, {"loss": loss}
+
+    def _logits(self, params, buffers, x, key, train: bool):
+        out = self.model.apply({"params": params, "buffers": buffers}, {self.image: x},
+                               train=train, rngs={"dropout": key})
+        return out[self.config.target.name].astype(jnp.float32)
+
+    def random_batch(self, key, batch_size: int) -> dict:
+        """Random arrays in the pipeline's layout: the image uint8 (B, S, S, 3), 'label' int32
+        (B,) below num_classes (for the benchmark)."""
+        s, k1, k2 = self.config.model.image_size, *jax.random.split(key)
+        return {self.image: jax.random.randint(k1, (batch_size, s, s, 3), 0, 256).astype(jnp.uint8),
+                "label": jax.random.randint(k2, (batch_size,), 0, self.config.target.num_classes)}
+
+    # --- data ---------------------------------------------------------------------------------
+
+    def _source(self, split: str, start: int, count: int, max_images: int = -1):
+        """The split's images (see the module docstring); the training split replaces a corrupt
+        image with data.skip_corrupt, the others leave it uncounted. A class list that is not
+        training's (a folder's) or not target.num_classes long is an error."""
+        c, d = self.config, self.config.data
+        train = split == d.train_split
+        scenes = (SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
+                                  d.synthetic_seed) if not d.path else None)
+        source = make_classify_source(d.path, split, self.inputs[self.image], train=train,
+                                      skip_corrupt=d.skip_corrupt,
+                                      tfds_fields=d.tfds_fields.to_dict(),
+                                      synthetic_scenes=scenes, synthetic_start=start,
+                                      synthetic_count=count)
+        if isinstance(source.raw, ImageFolder) and not train:
+            check_classes(ImageFolder.class_folders(f"{d.path}/{d.train_split}"),
+                          source.classes, f"{d.path}/{split}")
+        if source.classes is not None and len(source.classes) != c.target.num_classes:
+            raise ValueError(f"{source.raw!r}: {len(source.classes)} classes, but "
+                             f"config.target.num_classes = {c.target.num_classes}")
+        if max_images > 0:
+            return Subset(source, official_subset(len(source), max_images))
+        return source
+
+    def _recipe(self, train: bool) -> ClassifyRecipe:
+        c, a = self.config, self.config.augment
+        augment = None
+        if train:
+            augment = ClassifyTrainAugment(self.inputs[self.image], c.model.image_size,
+                                           tuple(a.scale), tuple(a.ratio), a.hflip,
+                                           a.randaugment)
+        return ClassifyRecipe(self.image, c.model.image_size, augment, a.crop_pct)
+
+    def _evaluator_defaults(self) -> dict:
+        return {"target": "label", "num_classes": self.config.target.num_classes,
+                "picture_input": self.image}

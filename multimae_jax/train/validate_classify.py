@@ -1,0 +1,63 @@
+"""Configuration checks of the classification objective (train/classify.py); each error is one
+line naming the config field (train/validate.py calls these)."""
+import math
+
+from multimae_jax.data import randaugment
+from multimae_jax.train.evaluators.knn import POOLS
+from multimae_jax.train.step import SCHEDULES
+
+_PROBABILITY = (lambda v: 0 <= v <= 1, "in [0, 1] (a probability)")
+CLASSIFY_RANGES = {
+    "optimizer.blr": (lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+    "optimizer.layer_decay": (lambda v: 0 < v <= 1, "in (0, 1] (1 = no layer decay)"),
+    "data.eval_batch_size": (lambda v: v >= 1, ">= 1"),
+    "target.num_classes": (lambda v: v >= 1, ">= 1"),
+    "augment.hflip": _PROBABILITY,
+    "augment.crop_pct": (lambda v: 0 < v <= 1, "in (0, 1] (the centre crop's share of the "
+                                               "resized image)"),
+    "mixup.mixup_alpha": (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0 (0 = off)"),
+    "mixup.cutmix_alpha": (lambda v: math.isfinite(v) and v >= 0, "finite and >= 0 (0 = off)"),
+    "mixup.prob": _PROBABILITY,
+    "mixup.switch_prob": _PROBABILITY,
+    "mixup.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "mixup.groups": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def validate_classify(config, error) -> None:
+    """The input, the augmentation and mixing fields; `error`: the exception class to raise."""
+    c = config
+    if len(c.model.input_tasks) != 1:
+        raise error(f"config.model.input_tasks={tuple(c.model.input_tasks)}: classification "
+                    "reads one image input, e.g. ('rgb',)")
+    for field in ("max_train_images", "max_val_images"):
+        if c.data[field] != -1 and c.data[field] < 1:
+            raise error(f"config.data.{field}={c.data[field]}: must be -1 (every image) or a "
+                        "positive count")
+    if c.augment.randaugment:
+        try:
+            randaugment.parse_policy(c.augment.randaugment)
+        except ValueError as e:
+            raise error(f"config.augment.randaugment={c.augment.randaugment!r}: {e}") from None
+    lo, hi = c.augment.scale
+    if not 0 < lo <= hi <= 1:
+        raise error(f"config.augment.scale={tuple(c.augment.scale)}: expected 0 < min <= max <= 1"
+                    " (the crop's share of the image area)")
+    o = c.optimizer
+    if o.get("schedule", "cosine_scheduler") not in SCHEDULES:
+        raise error(f"config.optimizer.schedule={o.schedule!r}: expected one of "
+                    f"{sorted(SCHEDULES)}")
+    if c.objective == "linear_probe":
+        if not 0 <= o.momentum < 1 or not o.trust_coefficient > 0:
+            raise error(f"config.optimizer.momentum={o.momentum} must be in [0, 1) and "
+                        f"config.optimizer.trust_coefficient={o.trust_coefficient} > 0 (LARS)")
+        if c.head.pool not in POOLS:
+            raise error(f"config.head.pool={c.head.pool!r}: expected one of {POOLS}")
+    m = c.mixup
+    if m.mixup_alpha > 0 or m.cutmix_alpha > 0:
+        micro = c.data.global_batch_size // c.train.grad_accum_steps
+        if micro % m.groups or (micro // m.groups) % 2:
+            raise error(f"config.mixup.groups={m.groups}: each micro-batch of {micro} must split "
+                        "into that many groups of an even size (mixup pairs sample i with the "
+                        "group's reversed order, as the official `x.flip(0)`, which needs an "
+                        "even batch)")
