@@ -42,9 +42,10 @@ def checksums(tree) -> dict:
 
 def host_checksums(tree) -> dict:
     """`checksums` as plain ints (what a checkpoint records). Host (numpy) arrays are summed on
-    the CPU, never copied to an accelerator."""
+    the CPU (one of this process's: another process's device is not addressable), never copied
+    to an accelerator."""
     on_host = all(isinstance(x, np.ndarray) for x in jax.tree.leaves(tree))
-    with jax.default_device(jax.devices("cpu")[0] if on_host else None):
+    with jax.default_device(jax.local_devices(backend="cpu")[0] if on_host else None):
         return {k: int(v) for k, v in jax.device_get(checksums(tree)).items()}
 
 

@@ -2,9 +2,10 @@
 
     python tests/multiprocess_worker.py --workdir=DIR --config=configs/FILE.py:VARIANT \
         --overrides=JSON [--coordinator=127.0.0.1:PORT --num_processes=N --process_id=I] \
-        [--stop_at_step=S]
+        [--stop_at_step=S | --evaluate=CHECKPOINT]
 
-Run with XLA_FLAGS=--xla_force_host_platform_device_count=K and JAX_PLATFORMS=cpu in the
+With --evaluate it evaluates CHECKPOINT (`multimae_jax.evaluate`, the config's evaluators) and
+writes DIR/metrics.json instead of training. Run with XLA_FLAGS=--xla_force_host_platform_device_count=K and JAX_PLATFORMS=cpu in the
 environment (K local CPU devices). Without --coordinator it is a plain one-process run.
 `--overrides` is a JSON object {"a.b": value} applied to the config.
 """
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--num_processes", type=int, default=1)
     p.add_argument("--process_id", type=int, default=0)
     p.add_argument("--stop_at_step", type=int, default=None)
+    p.add_argument("--evaluate", default="")
     args = p.parse_args()
 
     if args.coordinator:
@@ -38,12 +40,16 @@ def main() -> None:
                                    num_processes=args.num_processes, process_id=args.process_id,
                                    initialization_timeout=120)
 
+    from multimae_jax.evaluate import evaluate
     from multimae_jax.train.loop import train
 
     path, variant = args.config.split(":")
     config = importlib.import_module(f"configs.{Path(path).stem}").get_config(variant)
     config.update_from_flattened_dict(json.loads(args.overrides))
-    metrics = train(config, args.workdir, stop_at_step=args.stop_at_step)
+    if args.evaluate:
+        metrics = evaluate(config, args.evaluate, args.workdir)
+    else:
+        metrics = train(config, args.workdir, stop_at_step=args.stop_at_step)
     print(f"process {jax.process_index()}/{jax.process_count()}, "
           f"{jax.local_device_count()}/{jax.device_count()} devices: {json.dumps(metrics)}",
           flush=True)

@@ -82,9 +82,10 @@ class ImageFolder:
 
 
 class SyntheticClassSource:
-    """Scenes start .. start + count - 1 of `scenes` as raw records whose label is the object
-    class covering the most pixels (ties: the smaller class) minus one: one of the
-    scenes.num_classes - 1 object classes, each a fixed shape family."""
+    """Scenes start .. start + count - 1 of `scenes` as raw records labelled by the object class
+    covering the most pixels (ties: the smaller class) minus one: one of the
+    scenes.num_classes - 1 object classes, each a fixed shape family. Scenes of
+    `single_class` ones (the classification configs render those) have one class: the label."""
 
     def __init__(self, scenes: SyntheticScenes, start: int, count: int, modality: str = "rgb"):
         self.scenes, self.start, self.count, self.modality = scenes, start, count, modality

@@ -46,6 +46,8 @@ class SyntheticScenes:
       (SHAPE_FAMILIES[(k - 1) % 7]) so segmentation is learnable from shape. Beyond 7 object
       classes a family repeats with a class-specific elongation.
     seed: dataset seed.
+    single_class: every object of a scene has one class, drawn uniformly per scene (a scene's
+      class label for classification); False: each object's class is drawn on its own.
     """
     MODALITIES = ("rgb", "depth", "semseg")  # what each scene holds (default registry entries)
 
@@ -53,6 +55,7 @@ class SyntheticScenes:
     image_size: int = 224
     num_classes: int = 8
     seed: int = 0
+    single_class: bool = False
 
     def __post_init__(self):
         if self.image_size < 16:
@@ -88,7 +91,8 @@ class SyntheticScenes:
         index = operator.index(index)  # TypeError for floats, strings, ...
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range [0, {self.num_samples})")
-        return _render(np.random.default_rng((self.seed, index)), self.image_size, self.num_classes)
+        return _render(np.random.default_rng((self.seed, index)), self.image_size, self.num_classes,
+                       self.single_class)
 
     def write_folder(self, root, num_samples: int | None = None, *,
                      folders: int | Sequence[str] = 4, rgb_format: str = "jpeg",
@@ -148,7 +152,7 @@ def _write(path: Path, data: bytes):
 # and masked writes use np.copyto(..., where=mask) rather than boolean indexing.
 
 
-def _render(rng: np.random.Generator, size: int, num_classes: int):
+def _render(rng: np.random.Generator, size: int, num_classes: int, single_class: bool = False):
     """Returns (sample dict as __getitem__, (background depth (S, S), [(rows, cols, depth) per
     object], classes (L,) uint8, instance (S, S) uint8))."""
     f = float(size)
@@ -158,8 +162,9 @@ def _render(rng: np.random.Generator, size: int, num_classes: int):
     background, albedo = _background(rng, xs, ys, f)
     zbuf, instance = background.copy(), np.zeros((size, size), np.uint8)
     objects, classes = [], [0]
+    scene_class = int(rng.integers(1, num_classes)) if single_class else None
     for i in range(1, rng.integers(2, 7) + 1):
-        k = int(rng.integers(1, num_classes))
+        k = scene_class or int(rng.integers(1, num_classes))
         objects.append(_draw_object(rng, k, background, zbuf, albedo, instance, i, xs, ys, f))
         classes.append(k)
     classes = np.array(classes, np.uint8)

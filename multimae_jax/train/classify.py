@@ -118,7 +118,7 @@ class ClassifyObjective(FinetuneObjective):
         c, d = self.config, self.config.data
         train = split == d.train_split
         scenes = (SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
-                                  d.synthetic_seed) if not d.path else None)
+                                  d.synthetic_seed, single_class=True) if not d.path else None)
         source = make_classify_source(d.path, split, self.inputs[self.image], train=train,
                                       skip_corrupt=d.skip_corrupt,
                                       tfds_fields=d.tfds_fields.to_dict(),

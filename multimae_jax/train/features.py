@@ -82,7 +82,7 @@ def knn_evaluators(config, trainer, steps_per_epoch: int):
                 ("reference_batches", d.reference_split, 0, d.reference_samples),
                 ("batches", d.query_split, d.reference_samples, d.query_samples)):
             scenes = (SyntheticScenes(start + count, config.model.image_size,
-                                      d.synthetic_classes, d.synthetic_seed)
+                                      d.synthetic_classes, d.synthetic_seed, single_class=True)
                       if not d.path else None)
             sources[stream] = make_classify_source(
                 d.path, split, rgb, train=False, skip_corrupt=d.skip_corrupt,
