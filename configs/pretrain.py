@@ -102,7 +102,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         # k-NN on other scenes (seed 1), labelled by their largest shape: 7 classes
         c.evals.knn = ml_collections.ConfigDict(dict(
             type="knn", k=20, temperature=0.07, pool="mean", num_classes=7, every_epochs=1,
-            data=knn_data(crop_pct=1.0, eval_batch_size=64)))
+            data=knn_data(crop_pct=1.0, eval_batch_size=64, synthetic_object_scale=2.0)))
     elif variant:
         raise ValueError(f"configs/pretrain.py: unknown variant '{variant}' (known: tiny)")
     return c

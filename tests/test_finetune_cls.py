@@ -24,6 +24,10 @@ SMALL_CLS = {
     "train.num_steps": 4,
     "train.log_every": 2,
     "train.checkpoint_every": 2,
+    # the full recipe's augmentation (the tiny variant drops it to learn within minutes)
+    "augment.randaugment": "rand-m9-mstd0.5-inc1",
+    "mixup.mixup_alpha": 0.8,
+    "mixup.cutmix_alpha": 1.0,
 }
 
 

@@ -2,8 +2,10 @@
 timm's transforms_imagenet_train / the eval branch), on uint8 (H, W, 3) images:
 
 - training: RandomResizedCrop (scale (0.08, 1), ratio (3/4, 4/3), crop then PIL bicubic
-  resize), horizontal flip, then RandAugment (`data/randaugment.py`) on the uint8 crop. Random
-  erasing and mixup / cutmix act on the normalised batch on the device (`multimae_jax/mixup.py`).
+  resize), horizontal flip, then RandAugment (`data/randaugment.py`) on the uint8 crop. With
+  reprob > 0 the random erasing boxes are drawn here too (`erase_boxes_from_samples`, after
+  RandAugment, from the same rng) and filled on the device after normalisation
+  (`multimae_jax/erasing.py`), before mixup / cutmix (`multimae_jax/mixup.py`).
 - evaluation: resize the shorter side to int(size / crop_pct) (256 for 224: torchvision
   Resize(int): the long side int(256 * long / short)) with PIL bicubic, then a centre crop of
   size x size with torchvision's offsets int(round((H - size) / 2)).
@@ -11,6 +13,8 @@ timm's transforms_imagenet_train / the eval branch), on uint8 (H, W, 3) images:
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Sequence
 
 import numpy as np
 
@@ -19,17 +23,74 @@ from multimae_jax.data.transforms import PretrainAugment
 from multimae_jax.modalities import Modality
 
 
+# The official RandomErasing's fixed arguments (utils/random_erasing.py, as
+# transforms_imagenet_train creates it): area share, log aspect-ratio range, tries per box.
+ERASE_AREA = (0.02, 1 / 3)
+ERASE_LOG_ASPECT = (math.log(0.3), math.log(1 / 0.3))
+ERASE_TRIES = 10
+
+
+def erase_boxes_from_samples(height: int, width: int, probability: float, max_count: int,
+                             apply_uniform: float, count: int, area_share, log_aspect,
+                             top_uniform: Sequence[float], left_uniform: Sequence[float]
+                             ) -> np.ndarray:
+    """One image's random erasing boxes from raw random numbers, with the official rules
+    (RandomErasing._erase): nothing when apply_uniform > probability; else `count` boxes (the
+    official count randint(1, max_count), 1 when max_count is 1), box i taking the first of
+    ERASE_TRIES tries t with target area area_share[i][t] x H W / count (area_share in
+    ERASE_AREA), aspect exp(log_aspect[i][t]), h = int(round(sqrt(area x aspect))), w =
+    int(round(sqrt(area / aspect))) and w < W and h < H (no box if none fits); its corner top =
+    the official randint(0, H - h) as floor(top_uniform[i] x (H - h + 1)), left likewise.
+
+    Returns int32 (max_count, 4) rows (top, left, h, w) in the official order (a later box
+    overwrites an earlier one), h = w = 0 for no box."""
+    boxes = np.zeros((max_count, 4), np.int32)
+    if apply_uniform > probability:
+        return boxes
+    area, k = height * width, 0
+    for i in range(count):
+        for t in range(ERASE_TRIES):
+            target_area = float(area_share[i][t]) * area / count
+            aspect = math.exp(float(log_aspect[i][t]))
+            h = int(round(math.sqrt(target_area * aspect)))
+            w = int(round(math.sqrt(target_area / aspect)))
+            if w < width and h < height:
+                top = min(int(float(top_uniform[i]) * (height - h + 1)), height - h)
+                left = min(int(float(left_uniform[i]) * (width - w + 1)), width - w)
+                boxes[k] = (top, left, h, w)
+                k += 1
+                break
+    return boxes
+
+
+def draw_erase_boxes(height: int, width: int, probability: float, max_count: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """`erase_boxes_from_samples` with its numbers drawn from `rng` alone: the same
+    distributions as the official code (not its Python `random` stream). Every call takes the
+    same amount of randomness from `rng`, whatever is erased."""
+    apply_uniform = rng.random()
+    count = int(rng.integers(1, max_count + 1)) if max_count > 1 else 1
+    area_share = rng.uniform(*ERASE_AREA, (max_count, ERASE_TRIES))
+    log_aspect = rng.uniform(*ERASE_LOG_ASPECT, (max_count, ERASE_TRIES))
+    top_uniform, left_uniform = rng.random(max_count), rng.random(max_count)
+    return erase_boxes_from_samples(height, width, probability, max_count, apply_uniform, count,
+                                    area_share, log_aspect, top_uniform, left_uniform)
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifyTrainAugment:
     """`aug(image, rng)`: uint8 (H, W, 3) -> uint8 (S, S, 3), S = image_size; the crop, flip and
     RandAugment draws all come from `rng` (a numpy Generator), so the output is a function of the
-    image and the rng state only. randaugment: a timm policy string ('' = none)."""
+    image and the rng state only. randaugment: a timm policy string ('' = none). reprob,
+    recount: random erasing's probability (0 = off) and most boxes per image (`erase_boxes`)."""
     modality: Modality
     image_size: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     randaugment: str = "rand-m9-mstd0.5-inc1"
+    reprob: float = 0.0
+    recount: int = 1
 
     def __post_init__(self):
         crop = PretrainAugment((self.modality,), self.image_size, tuple(self.scale),
@@ -43,6 +104,11 @@ class ClassifyTrainAugment:
         if self._policy is None:
             return out
         return randaugment.apply(out, randaugment.draw(self._policy, rng))  # the official hparams
+
+    def erase_boxes(self, rng: np.random.Generator) -> np.ndarray:
+        """int32 (recount, 4) random erasing boxes of an S x S image (`draw_erase_boxes`)."""
+        s = self.image_size
+        return draw_erase_boxes(s, s, self.reprob, self.recount, rng)
 
 
 def eval_transform(image: np.ndarray, image_size: int, crop_pct: float = 224 / 256
@@ -68,10 +134,12 @@ def eval_transform(image: np.ndarray, image_size: int, crop_pct: float = 224 / 2
 @dataclasses.dataclass(frozen=True)
 class ClassifyRecipe:
     """A source sample (`classify_sources`) -> one batch row {modality: uint8 (S, S, 3),
-    'label': int32}. augment: the training augmentation, or None for the evaluation transform
-    (image_size, crop_pct). A corrupt image that an evaluation source leaves out
-    (data.skip_corrupt) becomes a black row with 'valid' False, which evaluation does not
-    count (a training source replaces such an image instead)."""
+    'label': int32}, and 'erase' int32 (recount, 4) when augment.reprob > 0 (the boxes that the
+    device fills after normalisation, drawn after the augmentation from the same rng). augment:
+    the training augmentation, or None for the evaluation transform (image_size, crop_pct). A
+    corrupt image that an evaluation source leaves out (data.skip_corrupt) becomes a black row
+    with 'valid' False, which evaluation does not count (a training source replaces such an
+    image instead)."""
     modality: str
     image_size: int
     augment: ClassifyTrainAugment | None = None
@@ -79,12 +147,19 @@ class ClassifyRecipe:
 
     def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
         image = sample[self.modality]
+        erasing = self.augment is not None and self.augment.reprob > 0
         if image is None:
             s = self.image_size
-            return {self.modality: np.zeros((s, s, 3), np.uint8), "label": np.int32(0),
-                    "valid": np.bool_(False)}
+            row = {self.modality: np.zeros((s, s, 3), np.uint8), "label": np.int32(0),
+                   "valid": np.bool_(False)}
+            if erasing:
+                row["erase"] = np.zeros((self.augment.recount, 4), np.int32)
+            return row
         if self.augment is not None:
             image = self.augment(image, rng)
         else:
             image = eval_transform(image, self.image_size, self.crop_pct)
-        return {self.modality: image, "label": np.int32(sample["label"])}
+        row = {self.modality: image, "label": np.int32(sample["label"])}
+        if erasing:
+            row["erase"] = self.augment.erase_boxes(rng)
+        return row

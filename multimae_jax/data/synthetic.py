@@ -48,6 +48,7 @@ class SyntheticScenes:
     seed: dataset seed.
     single_class: every object of a scene has one class, drawn uniformly per scene (a scene's
       class label for classification); False: each object's class is drawn on its own.
+    object_scale: factor on the objects' radii (0.08-0.22 of the image side at 1).
     """
     MODALITIES = ("rgb", "depth", "semseg")  # what each scene holds (default registry entries)
 
@@ -56,6 +57,7 @@ class SyntheticScenes:
     num_classes: int = 8
     seed: int = 0
     single_class: bool = False
+    object_scale: float = 1.0
 
     def __post_init__(self):
         if self.image_size < 16:
@@ -92,7 +94,7 @@ class SyntheticScenes:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range [0, {self.num_samples})")
         return _render(np.random.default_rng((self.seed, index)), self.image_size, self.num_classes,
-                       self.single_class)
+                       self.single_class, self.object_scale)
 
     def write_folder(self, root, num_samples: int | None = None, *,
                      folders: int | Sequence[str] = 4, rgb_format: str = "jpeg",
@@ -152,7 +154,8 @@ def _write(path: Path, data: bytes):
 # and masked writes use np.copyto(..., where=mask) rather than boolean indexing.
 
 
-def _render(rng: np.random.Generator, size: int, num_classes: int, single_class: bool = False):
+def _render(rng: np.random.Generator, size: int, num_classes: int, single_class: bool = False,
+            object_scale: float = 1.0):
     """Returns (sample dict as __getitem__, (background depth (S, S), [(rows, cols, depth) per
     object], classes (L,) uint8, instance (S, S) uint8))."""
     f = float(size)
@@ -165,7 +168,8 @@ def _render(rng: np.random.Generator, size: int, num_classes: int, single_class:
     scene_class = int(rng.integers(1, num_classes)) if single_class else None
     for i in range(1, rng.integers(2, 7) + 1):
         k = scene_class or int(rng.integers(1, num_classes))
-        objects.append(_draw_object(rng, k, background, zbuf, albedo, instance, i, xs, ys, f))
+        objects.append(_draw_object(rng, k, background, zbuf, albedo, instance, i, xs, ys, f,
+                                    object_scale))
         classes.append(k)
     classes = np.array(classes, np.uint8)
 
@@ -201,13 +205,13 @@ def _background(rng, xs, ys, f):
     return depth, albedo
 
 
-def _draw_object(rng, k, background, zbuf, albedo, instance, i, xs, ys, f):
+def _draw_object(rng, k, background, zbuf, albedo, instance, i, xs, ys, f, scale=1.0):
     """Z-buffer object i of class k into zbuf, albedo and instance (in place).
     Returns its bounding box and depth there: (rows, cols, float32 (h, w) with inf outside)."""
     size = zbuf.shape[0]
     family = SHAPE_FAMILIES[(k - 1) % len(SHAPE_FAMILIES)]
     elongation = 1 + 0.5 * ((k - 1) // len(SHAPE_FAMILIES))
-    radius = rng.uniform(0.08, 0.22) * size
+    radius = rng.uniform(0.08, 0.22) * scale * size
     cx, cy = rng.uniform(-0.45, 0.45, 2) * size
     # Bounding box: every family fits in 1.2 radii of its centre.
     half = 1.2 * radius

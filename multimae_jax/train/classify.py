@@ -1,26 +1,31 @@
 """The classification fine-tuning objective (official `run_finetuning_cls.py` with
 cfgs/finetune/cls/ft_in1k_100e_multimae-b.yaml): a MultiViT on the rgb input with
-`LinearOutputAdapter` (mean pooling; the official init_scale quirk kept), mixup / cutmix on the
-device, soft-target cross-entropy, and the fine-tuning optimizer of the dense objective with the
-lr scaled by the batch (lr = blr x global batch / 256). The generic Trainer and loop run it.
+`LinearOutputAdapter` (mean pooling; the official init_scale quirk kept), random erasing and
+mixup / cutmix on the device, soft-target cross-entropy, and the fine-tuning optimizer of the
+dense objective with the lr scaled by the batch (lr = blr x global batch / 256). The generic
+Trainer and loop run it.
 
 Config (configs/finetune_cls.py), besides the fine-tuning sections (train/finetune_config.py):
   head:   use_mean_pooling, init_scale, apply_init_scale (LinearOutputAdapter's fields)
   target: name (the head's name, 'cls' as the official key), num_classes
   augment: randaugment (a timm policy string, '' = none), scale, ratio, hflip, crop_pct
-          (evaluation: resize to image_size / crop_pct, centre crop)
+          (evaluation: resize to image_size / crop_pct, centre crop), reprob / remode / recount
+          (the official --reprob 0 / --remode pixel / --recount 1: random erasing's probability,
+          fill 'pixel' | 'rand' | 'const', most boxes; boxes drawn on the host, filled after
+          normalisation and before mixup, `multimae_jax/erasing.py`)
   mixup:  mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing, groups (the batch is
           mixed within that many equal slices, each with its partner the slice reversed; the
           official mixes each GPU's batch: groups = the number of GPUs)
   data:   path ('' = the synthetic scenes labelled by shape; 'tfds:imagenet2012'; shards; an
           ImageNet folder with train_split / val_split class folders), skip_corrupt
   evals:  {name: {type: 'classification', every_epochs}}
-Batches: the input uint8 (B, S, S, 3) and 'label' int32 (B,).
+Batches: the input uint8 (B, S, S, 3) and 'label' int32 (B,); with reprob > 0 also 'erase'
+int32 (B, recount, 4), the boxes (top, left, h, w) to erase (h = w = 0: none).
 """
 import jax
 import jax.numpy as jnp
 
-from multimae_jax import losses, mixup
+from multimae_jax import erasing, losses, mixup
 from multimae_jax.data.classify_sources import ImageFolder, check_classes, make_classify_source
 from multimae_jax.data.classify_transforms import ClassifyRecipe, ClassifyTrainAugment
 from multimae_jax.data.dense_sources import Subset, official_subset
@@ -55,7 +60,8 @@ class ClassifyObjective(FinetuneObjective):
             raise ValueError(f"config.model.input_tasks={list(self.inputs)}: classification "
                              "reads one image input")
         self.image = next(iter(self.inputs))
-        self.batch_keys = (self.image, "label")
+        self.erasing = config.augment.get("reprob", 0.0) > 0
+        self.batch_keys = (self.image, "label") + (("erase",) if self.erasing else ())
 
     @staticmethod
     def head(config):
@@ -77,12 +83,16 @@ class ClassifyObjective(FinetuneObjective):
         return m.mixup_alpha > 0 or m.cutmix_alpha > 0
 
     def loss(self, trainable, buffers, batch, key):
-        """(loss, {'loss': loss}) of one (micro-)batch: mixup / cutmix with soft targets (the
+        """(loss, {'loss': loss}) of one (micro-)batch: random erasing of batch['erase'] (when
+        augment.reprob > 0) on the normalised images, then mixup / cutmix with soft targets (the
         official SoftTargetCrossEntropy) when mixing, else label smoothing or plain
         cross-entropy; float32."""
         m, num_classes = self.config.mixup, self.config.target.num_classes
         mix_key, key = jax.random.split(key)
         x = prepare_batch({self.image: batch[self.image]}, self.inputs)[self.image]
+        if self.erasing:  # the official order: each image erased, then the batch mixed
+            erase_key, key = jax.random.split(key)
+            x = erasing.erase_boxes(x, batch["erase"], erase_key, self.config.augment.remode)
         labels = batch["label"]
         if self.mixing:
             draw = mixup.draw_mixup(mix_key, mixup_alpha=m.mixup_alpha,
@@ -104,10 +114,18 @@ class ClassifyObjective(FinetuneObjective):
 
     def random_batch(self, key, batch_size: int) -> dict:
         """Random arrays in the pipeline's layout: the image uint8 (B, S, S, 3), 'label' int32
-        (B,) below num_classes (for the benchmark)."""
-        s, k1, k2 = self.config.model.image_size, *jax.random.split(key)
-        return {self.image: jax.random.randint(k1, (batch_size, s, s, 3), 0, 256).astype(jnp.uint8),
-                "label": jax.random.randint(k2, (batch_size,), 0, self.config.target.num_classes)}
+        (B,) below num_classes, with reprob > 0 'erase' int32 (B, recount, 4): one S/2 x S/2 box
+        per image at a random corner inside it, no others (for the benchmark)."""
+        s, k1, k2, k3 = self.config.model.image_size, *jax.random.split(key, 3)
+        batch = {
+            self.image: jax.random.randint(k1, (batch_size, s, s, 3), 0, 256).astype(jnp.uint8),
+            "label": jax.random.randint(k2, (batch_size,), 0, self.config.target.num_classes)}
+        if self.erasing:
+            corner = jax.random.randint(k3, (batch_size, 2), 0, s - s // 2 + 1)
+            box = jnp.concatenate([corner, jnp.full((batch_size, 2), s // 2)], axis=1)
+            erase = jnp.zeros((batch_size, self.config.augment.recount, 4), jnp.int32)
+            batch["erase"] = erase.at[:, 0].set(box.astype(jnp.int32))
+        return batch
 
     # --- data ---------------------------------------------------------------------------------
 
@@ -118,7 +136,8 @@ class ClassifyObjective(FinetuneObjective):
         c, d = self.config, self.config.data
         train = split == d.train_split
         scenes = (SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
-                                  d.synthetic_seed, single_class=True) if not d.path else None)
+                                  d.synthetic_seed, single_class=True,
+                                  object_scale=d.synthetic_object_scale) if not d.path else None)
         source = make_classify_source(d.path, split, self.inputs[self.image], train=train,
                                       skip_corrupt=d.skip_corrupt,
                                       tfds_fields=d.tfds_fields.to_dict(),
@@ -140,7 +159,8 @@ class ClassifyObjective(FinetuneObjective):
         if train:
             augment = ClassifyTrainAugment(self.inputs[self.image], c.model.image_size,
                                            tuple(a.scale), tuple(a.ratio), a.hflip,
-                                           a.randaugment)
+                                           a.randaugment, a.get("reprob", 0.0),
+                                           a.get("recount", 1))
         return ClassifyRecipe(self.image, c.model.image_size, augment, a.crop_pct)
 
     def _evaluator_defaults(self) -> dict:

@@ -8,10 +8,11 @@ the global tokens and the encoder of any MultiMAE or MultiViT (their decoders an
 
 config.evals.<name> = dict(type='knn', k, temperature, pool, num_classes, every | every_epochs,
 data=dict(path, reference_split, query_split, crop_pct, eval_batch_size, skip_corrupt,
-reference_samples, query_samples, synthetic_classes, synthetic_seed)): the reference set is
-path/reference_split, the queries path/query_split (classification layouts:
-data/classify_sources.py); path '' = the synthetic scenes labelled by shape, the first
-reference_samples as the reference, the next query_samples as queries.
+reference_samples, query_samples, synthetic_classes, synthetic_seed, synthetic_object_scale)):
+the reference set is path/reference_split, the queries path/query_split (classification
+layouts: data/classify_sources.py); path '' = the synthetic scenes labelled by shape (one shape
+class per scene), the first reference_samples as the reference, the next query_samples as
+queries.
 """
 import jax
 import ml_collections
@@ -34,7 +35,7 @@ def knn_data(**overrides) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         path="", reference_split="train", query_split="val", crop_pct=224 / 256,
         eval_batch_size=256, skip_corrupt=False, reference_samples=640, query_samples=128,
-        synthetic_classes=8, synthetic_seed=1) | overrides)
+        synthetic_classes=8, synthetic_seed=1, synthetic_object_scale=1.0) | overrides)
 
 
 def rgb_modality(config) -> modalities.Modality:
@@ -82,7 +83,8 @@ def knn_evaluators(config, trainer, steps_per_epoch: int):
                 ("reference_batches", d.reference_split, 0, d.reference_samples),
                 ("batches", d.query_split, d.reference_samples, d.query_samples)):
             scenes = (SyntheticScenes(start + count, config.model.image_size,
-                                      d.synthetic_classes, d.synthetic_seed, single_class=True)
+                                      d.synthetic_classes, d.synthetic_seed, single_class=True,
+                                      object_scale=d.synthetic_object_scale)
                       if not d.path else None)
             sources[stream] = make_classify_source(
                 d.path, split, rgb, train=False, skip_corrupt=d.skip_corrupt,

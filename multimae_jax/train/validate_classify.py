@@ -2,6 +2,7 @@
 line naming the config field (train/validate.py calls these)."""
 import math
 
+from multimae_jax import erasing
 from multimae_jax.data import randaugment
 from multimae_jax.train.evaluators.knn import POOLS
 from multimae_jax.train.step import SCHEDULES
@@ -39,6 +40,20 @@ def validate_classify(config, error) -> None:
             randaugment.parse_policy(c.augment.randaugment)
         except ValueError as e:
             raise error(f"config.augment.randaugment={c.augment.randaugment!r}: {e}") from None
+    a = c.augment
+    reprob, remode, recount = a.get("reprob", 0.0), a.get("remode", "pixel"), a.get("recount", 1)
+    if not 0 <= reprob <= 1:
+        raise error(f"config.augment.reprob={reprob}: must be in [0, 1] (random erasing's "
+                    "probability, 0 = off)")
+    if remode not in erasing.MODES:
+        raise error(f"config.augment.remode={remode!r}: expected one of {erasing.MODES} "
+                    "(random erasing's fill)")
+    if isinstance(recount, bool) or not isinstance(recount, int) or recount < 1:
+        raise error(f"config.augment.recount={recount!r}: must be an integer >= 1 (random "
+                    "erasing's most boxes per image)")
+    if reprob > 0 and c.objective == "linear_probe":
+        raise error(f"config.augment.reprob={reprob}: linear probing does not erase (set it "
+                    "to 0)")
     lo, hi = c.augment.scale
     if not 0 < lo <= hi <= 1:
         raise error(f"config.augment.scale={tuple(c.augment.scale)}: expected 0 < min <= max <= 1"

@@ -26,6 +26,7 @@ import official_code  # noqa: E402
 from classify_cases import cls_losses, mixup_batch  # noqa: E402
 from common import Fixture  # noqa: E402
 from dense_transform_cases import dense_transforms  # noqa: E402
+from erasing_case import random_erasing  # noqa: E402
 from finetune_metric_cases import dense_losses, finetune_metrics  # noqa: E402
 from finetune_step_case import finetune_step  # noqa: E402
 from multivit_cases import (  # noqa: E402
@@ -62,7 +63,7 @@ def generate(off, out: Path) -> None:
         lambda: dense_losses(off), lambda: finetune_metrics(off),
         lambda: finetune_param_groups(off), lambda: finetune_step(off),
         lambda: dense_transforms(off),
-        lambda: mixup_batch(off), lambda: cls_losses(off),
+        lambda: mixup_batch(off), lambda: cls_losses(off), lambda: random_erasing(off),
     ]
     for make in makers:
         start = time.perf_counter()
