@@ -71,6 +71,7 @@ def get_config(variant: str = "in1k") -> ml_collections.ConfigDict:
         # small objects and under the recipe's RandAugment, mixup and 8 % crops; with objects
         # twice as large and light augmentation it learns the shapes (README).
         c.data.synthetic_object_scale = 2.0
+        c.data.synthetic_eval_samples = 256  # 64 would leave about 9 per class
         c.augment.scale = (0.35, 1.0)
         c.augment.randaugment = ""
         c.mixup.mixup_alpha = 0.0
