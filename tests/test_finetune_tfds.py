@@ -103,3 +103,25 @@ def test_labels_with_unequal_channels_name_the_example():
     with mocked(bad, ["train"]):
         with pytest.raises(CorruptFileError, match=r"scene_parse150/train/0 \(annotation\)"):
             FinetuneObjective(c)._source("train", 0, 0)[0]
+
+
+def imagenet_example(i: int) -> dict:
+    rng = np.random.default_rng(200 + i)
+    return {"image": rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+            "label": np.int64(i * 7 % 1000), "file_name": f"n{i:08d}.JPEG"}
+
+
+def test_imagenet2012_classification_reads_tfds():
+    from configs import finetune_cls
+    from multimae_jax.train.classify import ClassifyObjective
+    c = finetune_cls.get_config("in1k")
+    c.data.path, c.data.val_split = "tfds:imagenet2012", "validation"
+    objective = ClassifyObjective(c)
+    with mocked(imagenet_example, ["train", "validation"]):
+        train = objective._source("train", 0, 0)
+        val = objective._source("validation", 0, 0)
+        assert len(train) == len(val) == 5 and train.classes is None  # TFDS: labels as given
+        assert [train[i]["label"] for i in range(5)] == [0, 7, 14, 21, 28]
+        np.testing.assert_array_equal(val[1]["rgb"], imagenet_example(11)["image"])
+        row = objective._recipe(train=False)(val[1])
+        assert row["rgb"].shape == (224, 224, 3) and row["label"] == 77
