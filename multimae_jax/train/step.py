@@ -25,9 +25,10 @@ from multimae_jax.train.optimizer import (clip_by_total_norm, mae_warmup_cosine,
                                          weight_decay_schedule)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-#: config.optimizer.schedule -> the lr schedule: the official `cosine_scheduler` (warm-up
-#: np.linspace(0, lr, warmup)), or MAE's `adjust_learning_rate` (warm-up lr * step / warmup)
-SCHEDULES = {"cosine_scheduler": warmup_cosine, "mae": mae_warmup_cosine}
+#: config.optimizer.schedule: the official `cosine_scheduler` (warm-up np.linspace(0, lr,
+#: warmup); train/optimizer.py: warmup_cosine), or MAE's `adjust_learning_rate` (warm-up
+#: lr * step / warmup; mae_warmup_cosine)
+SCHEDULES = ("cosine_scheduler", "mae")
 
 
 class Trainer:
@@ -39,7 +40,7 @@ class Trainer:
         self.objective, self.config, self.mesh = objective, config, mesh
         self.model = objective.model
         o = config.optimizer
-        schedule = SCHEDULES[o.get("schedule", "cosine_scheduler")]
+        schedule = mae_warmup_cosine if o.get("schedule") == "mae" else warmup_cosine
         self.schedule = schedule(base_lr, total_steps, warmup_steps, o.min_lr)
         self.wd_schedule = weight_decay_schedule(o, total_steps)
         self.tx = objective.make_optimizer(self.schedule, self.wd_schedule)
