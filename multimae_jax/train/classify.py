@@ -32,21 +32,9 @@ from multimae_jax.data.dense_sources import Subset, official_subset
 from multimae_jax.data.synthetic import SyntheticScenes
 from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.output_adapters import LinearOutputAdapter
-from multimae_jax.models.presets import multivit
-from multimae_jax.train.finetune import FinetuneObjective, input_modalities
+from multimae_jax.train.finetune import FinetuneObjective, input_modalities, model_with_head
 from multimae_jax.train.optimizer import scaled_lr
 from multimae_jax.train.step import DTYPES
-
-
-def build_classifier(config, head):
-    """The MultiViT of config.model with `head` named config.target.name."""
-    mc, dtype = config.model, DTYPES[config.train.compute_dtype]
-    return multivit(mc.size, tuple(input_modalities(config).values()),
-                    heads={config.target.name: head}, image_size=mc.image_size,
-                    patch_size=mc.patch_size, num_global_tokens=mc.num_global_tokens,
-                    dtype=dtype, residual_dtype=DTYPES[config.train.residual_dtype],
-                    remat=config.train.remat, drop_path_rate=mc.drop_path_rate,
-                    **mc.overrides.to_dict())
 
 
 class ClassifyObjective(FinetuneObjective):
@@ -54,7 +42,7 @@ class ClassifyObjective(FinetuneObjective):
 
     def __init__(self, config):
         self.config = config
-        self.model = build_classifier(config, self.head(config))
+        self.model = model_with_head(config, self.head(config))
         self.inputs = input_modalities(config)
         if len(self.inputs) != 1:
             raise ValueError(f"config.model.input_tasks={list(self.inputs)}: classification "

@@ -67,13 +67,10 @@ def input_modalities(config) -> dict:
     return modalities.resolve(config.model.input_tasks, registry)
 
 
-def build_model(config):
-    """The MultiViT of config.model with config.head on top, in config.train.compute_dtype
-    (config.train.residual_dtype, remat: as in pre-training)."""
-    mc, hc = config.model, config.head.to_dict()
-    head_type = hc.pop("type")
-    head = HEADS[head_type](num_classes=config.target.num_classes, patch_size=mc.patch_size,
-                            dtype=DTYPES[config.train.compute_dtype], **hc)
+def model_with_head(config, head):
+    """The MultiViT of config.model with `head` named config.target.name, in
+    config.train.compute_dtype (config.train.residual_dtype, remat: as in pre-training)."""
+    mc = config.model
     return multivit(mc.size, tuple(input_modalities(config).values()),
                     heads={config.target.name: head}, image_size=mc.image_size,
                     patch_size=mc.patch_size, num_global_tokens=mc.num_global_tokens,
@@ -81,6 +78,15 @@ def build_model(config):
                     residual_dtype=DTYPES[config.train.residual_dtype],
                     remat=config.train.remat, drop_path_rate=mc.drop_path_rate,
                     **mc.overrides.to_dict())
+
+
+def build_model(config):
+    """`model_with_head` of config.head (a dense head of `HEADS`)."""
+    hc = config.head.to_dict()
+    head_type = hc.pop("type")
+    return model_with_head(config, HEADS[head_type](
+        num_classes=config.target.num_classes, patch_size=config.model.patch_size,
+        dtype=DTYPES[config.train.compute_dtype], **hc))
 
 
 class FinetuneObjective:
