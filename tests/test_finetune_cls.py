@@ -89,6 +89,7 @@ def test_init_from_another_architecture_is_refused(finished_run, tmp_path):
     ({"mixup.prob": 1.5}, "config.mixup.prob=1.5: must be in [0, 1]"),
     ({"augment.randaugment": "rand-x9"}, "config.augment.randaugment='rand-x9'"),
     ({"augment.crop_pct": 1.2}, "config.augment.crop_pct=1.2"),
+    ({"data.max_val_images": 0}, "config.data.max_val_images=0: must be -1"),
     ({"model.input_tasks": ("rgb", "depth")}, "classification reads one image input"),
 ])
 def test_bad_configs_are_named(override, message):

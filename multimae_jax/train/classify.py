@@ -48,7 +48,7 @@ class ClassifyObjective(FinetuneObjective):
             raise ValueError(f"config.model.input_tasks={list(self.inputs)}: classification "
                              "reads one image input")
         self.image = next(iter(self.inputs))
-        self.erasing = config.augment.get("reprob", 0.0) > 0
+        self.erasing = config.augment.reprob > 0
         self.batch_keys = (self.image, "label") + (("erase",) if self.erasing else ())
 
     @staticmethod
@@ -147,8 +147,7 @@ class ClassifyObjective(FinetuneObjective):
         if train:
             augment = ClassifyTrainAugment(self.inputs[self.image], c.model.image_size,
                                            tuple(a.scale), tuple(a.ratio), a.hflip,
-                                           a.randaugment, a.get("reprob", 0.0),
-                                           a.get("recount", 1))
+                                           a.randaugment, a.reprob, a.recount)
         return ClassifyRecipe(self.image, c.model.image_size, augment, a.crop_pct)
 
     def _evaluator_defaults(self) -> dict:

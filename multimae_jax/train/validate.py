@@ -73,10 +73,12 @@ def validate(config, num_devices: int, num_processes: int) -> None:
         _validate_ranges(config, {**_RANGES, **_FINETUNE_RANGES})
         _validate_patches(config, _validate_tasks(config, ("input_tasks",))[0])
         _validate_finetune(config)
+        _validate_max_images(config)
     elif objective in ("classify", "linear_probe"):
         _validate_ranges(config, {**_RANGES, **CLASSIFY_RANGES})
         _validate_patches(config, _validate_tasks(config, ("input_tasks",))[0])
         validate_classify(config, ConfigError)
+        _validate_max_images(config)
     else:
         raise ConfigError(f"config.objective={objective!r}: expected one of 'pretrain', "
                           "'finetune', 'classify', 'linear_probe', 'features'")
@@ -146,10 +148,6 @@ def _validate_finetune(config) -> None:
     d, t = config.data, config.target
     if d.recipe not in RECIPES:
         raise ConfigError(f"config.data.recipe={d.recipe!r}: expected one of {sorted(RECIPES)}")
-    for field in ("max_train_images", "max_val_images"):
-        if d[field] != -1 and d[field] < 1:
-            raise ConfigError(f"config.data.{field}={d[field]}: must be -1 (every image) or a "
-                              "positive count")
     if t.mask_valid and d.mask != "mask_valid":
         raise ConfigError(f"config.target.mask_valid=True needs config.data.mask='mask_valid' "
                           f"(the loss reads that batch entry), not {d.mask!r}")
@@ -174,6 +172,15 @@ def _validate_finetune(config) -> None:
                           f"{list(config.model.input_tasks)}")
     if config.head.type == "dpt":
         _validate_dpt(config)
+
+
+def _validate_max_images(config) -> None:
+    """The fine-tuning objectives' official subset sizes."""
+    for field in ("max_train_images", "max_val_images"):
+        value = config.data[field]
+        if value != -1 and value < 1:
+            raise ConfigError(f"config.data.{field}={value}: must be -1 (every image) or a "
+                              "positive count")
 
 
 def _validate_taskonomy(config) -> None:

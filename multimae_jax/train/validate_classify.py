@@ -31,17 +31,13 @@ def validate_classify(config, error) -> None:
     if len(c.model.input_tasks) != 1:
         raise error(f"config.model.input_tasks={tuple(c.model.input_tasks)}: classification "
                     "reads one image input, e.g. ('rgb',)")
-    for field in ("max_train_images", "max_val_images"):
-        if c.data[field] != -1 and c.data[field] < 1:
-            raise error(f"config.data.{field}={c.data[field]}: must be -1 (every image) or a "
-                        "positive count")
     if c.augment.randaugment:
         try:
             randaugment.parse_policy(c.augment.randaugment)
         except ValueError as e:
             raise error(f"config.augment.randaugment={c.augment.randaugment!r}: {e}") from None
     a = c.augment
-    reprob, remode, recount = a.get("reprob", 0.0), a.get("remode", "pixel"), a.get("recount", 1)
+    reprob, remode, recount = a.reprob, a.remode, a.recount
     if not 0 <= reprob <= 1:
         raise error(f"config.augment.reprob={reprob}: must be in [0, 1] (random erasing's "
                     "probability, 0 = off)")
