@@ -65,6 +65,7 @@ def get_config(variant: str = "in1k") -> ml_collections.ConfigDict:
         shrink_to_tiny(c)
         del c.optimizer.lr
         c.target.num_classes = c.data.synthetic_classes - 1
+        c.modalities.semseg.num_classes = c.data.synthetic_classes  # a semseg input's classes
         c.optimizer.blr = 1e-3 * 256 / c.data.global_batch_size  # lr 1e-3, as the dense tiny runs
         c.train.epochs = 8
         # Within 320 steps at 64 px (4 x 4 tokens) a tiny ViT stays at chance on the scenes'

@@ -13,7 +13,13 @@ crop 224, the best epoch kept.
 Features: head.pool 'mean' (all tokens, the global one included) or 'global' (the global token).
 MAE reads its cls token (or the mean of the patch tokens) after the encoder's final LayerNorm;
 MultiViT has no final LayerNorm, so the BatchNorm sees the last block's tokens. MAE's BatchNorm
-statistics are per GPU; here they are the global batch's. The probe reads rgb alone.
+statistics are per GPU; here they are the global batch's.
+
+Inputs: rgb by default; any subset of the pre-training modalities with
+--config.model.input_tasks='("rgb","depth")' (each input adapter loaded from the checkpoint and
+frozen with the encoder). A folder dataset then needs the official pre-training layout
+IMAGENET/<split>/<modality>/<class>/<file> (the pseudo-labelled ImageNet); the synthetic scenes
+have rgb, depth and semseg.
 """
 import ml_collections
 

@@ -33,7 +33,7 @@ def write_imagenet(root, classes=("n02", "n01", "n03"), per_class=2, size=(40, 4
 
 def test_image_folder_labels_are_the_sorted_class_folders(tmp_path):
     root = write_imagenet(tmp_path)
-    source = make_classify_source(str(root), "train", RGB, train=True)
+    source = make_classify_source(str(root), "train", (RGB,), train=True)
     assert source.classes == ["n01", "n02", "n03"]
     keys = [source[i]["key"] for i in range(len(source))]
     assert keys == [f"{c}/img{k}" for c in ("n01", "n02", "n03") for k in (0, 1)]
@@ -85,16 +85,16 @@ def test_corrupt_jpeg_is_named_or_skipped(tmp_path):
     bad = root / "train" / "n01" / "img1.JPEG"
     bad.write_bytes(b"not a jpeg")
     (root / "val" / "n01" / "img1.JPEG").write_bytes(b"not a jpeg")
-    source = make_classify_source(str(root), "train", RGB, train=True)
+    source = make_classify_source(str(root), "train", (RGB,), train=True)
     with pytest.raises(CorruptFileError, match="img1.JPEG"):
         source[1]
     # training: the next readable image takes its place
-    skipping = make_classify_source(str(root), "train", RGB, train=True, skip_corrupt=True)
+    skipping = make_classify_source(str(root), "train", (RGB,), train=True, skip_corrupt=True)
     assert skipping[1]["key"] == "n02/img0"
     # evaluation: the row is kept but not counted
-    val = make_classify_source(str(root), "val", RGB, train=False, skip_corrupt=True)
+    val = make_classify_source(str(root), "val", (RGB,), train=False, skip_corrupt=True)
     assert val[1]["rgb"] is None
-    row = ClassifyRecipe("rgb", 32)(val[1])
+    row = ClassifyRecipe((RGB,), 32)(val[1])
     assert row["valid"] == np.False_ and row["rgb"].shape == (32, 32, 3)
 
 
@@ -126,3 +126,80 @@ def position_image(size):
     """uint8 (H, W, 3) whose pixels encode their row and column (mod 256)."""
     rows, cols = np.meshgrid(np.arange(size[0]), np.arange(size[1]), indexing="ij")
     return np.stack([rows % 256, cols % 256, (cols // 256) * 16 + rows // 256], -1).astype(np.uint8)
+
+
+DEPTH, SEMSEG = modalities.get("depth"), modalities.get("semseg")
+
+
+def gradient_rgb(size):
+    """A smooth uint8 (H, W, 3) image (bicubic resizing barely overshoots it)."""
+    rows, cols = np.meshgrid(np.linspace(20, 230, size[0]), np.linspace(30, 220, size[1]),
+                             indexing="ij")
+    return np.stack([rows, cols, (rows + cols) / 2], -1).astype(np.uint8)
+
+
+def test_multimodal_layout_pairs_the_modalities_by_path(tmp_path):
+    """SPLIT/<modality>/<class>/<file>, the official pre-training layout: labels from the class
+    folders, the modalities of one sample paired by path, rgb alone readable from it too."""
+    for c, cls in enumerate(("n02", "n01")):
+        for k in range(2):
+            for mod, image in ((RGB, np.full((20, 24, 3), 50 * c + k, np.uint8)),
+                               (DEPTH, np.full((20, 24), 1000 * c + k, np.uint16))):
+                path = tmp_path / "train" / mod.name / cls / f"img{k}{mod.write_ext}"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(encode(mod, image, mod.write_ext))
+    source = make_classify_source(str(tmp_path), "train", (RGB, DEPTH), train=True)
+    assert source.classes == ["n01", "n02"]
+    for i, (key, label, value) in enumerate([("n01/img0", 0, 1), ("n01/img1", 0, 1),
+                                             ("n02/img0", 1, 0), ("n02/img1", 1, 0)]):
+        sample = source[i]
+        assert (sample["key"], sample["label"]) == (key, label)
+        k = int(key[-1])
+        assert sample["depth"].dtype == np.uint16 and np.all(sample["depth"] == 1000 * value + k)
+        assert abs(int(sample["rgb"][..., 0].mean()) - (50 * value + k)) <= 2  # JPEG
+    rgb_only = make_classify_source(str(tmp_path), "train", (RGB,), train=True)
+    assert len(rgb_only) == 4 and "depth" not in rgb_only[0]
+    assert ImageFolder.class_folders(tmp_path / "train", ("rgb", "depth")) == ["n01", "n02"]
+    with pytest.raises(FileNotFoundError, match=r"missing: \['semseg'\]"):
+        make_classify_source(str(tmp_path), "train", (RGB, SEMSEG), train=True)
+
+
+@pytest.mark.parametrize("shape,size,crop_pct,resized,corner", [
+    ((70, 53), 32, 0.875, (47, 36), (8, 2)),  # int(round((47 - 32) / 2)) = 8 (half to even)
+    ((16, 20), 56, 1.0, (56, 70), (0, 7)),  # 16 -> 56: PIL's two NEAREST roundings differ
+])
+def test_eval_transform_of_labels_is_pils_nearest(shape, size, crop_pct, resized, corner):
+    from PIL import Image
+    labels = np.random.default_rng(0).integers(0, 40, shape).astype(np.uint8)
+    out = eval_transform(labels, size, crop_pct, SEMSEG)
+    # PIL: the shorter side to int(size / crop_pct), the centre crop, then every 4th pixel
+    big = np.asarray(Image.fromarray(labels).resize(resized[::-1], Image.NEAREST))
+    crop = Image.fromarray(big[corner[0]:corner[0] + size, corner[1]:corner[1] + size])
+    small = np.asarray(crop.resize((size // 4, size // 4), Image.NEAREST))
+    np.testing.assert_array_equal(out, small)
+
+
+def test_depth_is_cropped_with_the_rgb_image():
+    rgb = gradient_rgb((45, 61))
+    depth = rgb[..., 0].astype(np.uint16) * 257  # 0..255 -> 0..65535
+    sample = {"key": "k", "label": 3, "rgb": rgb, "depth": depth}
+    for recipe, rng in ((ClassifyRecipe((RGB, DEPTH), 32, crop_pct=0.875), None),
+                        (get_recipe((RGB, DEPTH)), np.random.default_rng(1))):
+        row = recipe(sample, rng)
+        assert row["rgb"].shape == (32, 32, 3) and row["rgb"].dtype == np.uint8
+        assert row["depth"].shape == (32, 32, 1) and row["depth"].dtype == np.int32
+        assert row["label"] == 3
+        # the same pixels: bicubic of a smooth image, up to the uint8 rounding
+        np.testing.assert_allclose(row["depth"][..., 0] / 257, row["rgb"][..., 0], atol=1.01)
+
+
+def get_recipe(mods):
+    augment = classify_transforms.ClassifyTrainAugment(mods, 32, scale=(0.3, 0.6), hflip=1.0,
+                                                       randaugment="")
+    return ClassifyRecipe(mods, 32, augment)
+
+
+def test_randaugment_needs_a_single_rgb_input():
+    with pytest.raises(ValueError, match=r"inputs are \['rgb', 'depth'\]: set "
+                                         r"augment.randaugment=''"):
+        classify_transforms.ClassifyTrainAugment((RGB, DEPTH), 32)

@@ -90,7 +90,10 @@ def test_init_from_another_architecture_is_refused(finished_run, tmp_path):
     ({"augment.randaugment": "rand-x9"}, "config.augment.randaugment='rand-x9'"),
     ({"augment.crop_pct": 1.2}, "config.augment.crop_pct=1.2"),
     ({"data.max_val_images": 0}, "config.data.max_val_images=0: must be -1"),
-    ({"model.input_tasks": ("rgb", "depth")}, "classification reads one image input"),
+    ({"model.input_tasks": ("rgb", "depth"), "augment.randaugment": "rand-m9-mstd0.5-inc1"},
+     "RandAugment and random erasing act on one rgb"),
+    ({"model.input_tasks": ("rgb", "semseg"), "augment.randaugment": "", "mixup.cutmix_alpha": 1},
+     "mixup / cutmix blend images, not the label maps of ['semseg']"),
 ])
 def test_bad_configs_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):

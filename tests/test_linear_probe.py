@@ -71,6 +71,23 @@ def test_evaluates_with_the_running_statistics(probed, tmp_path):
     assert results["val"]["acc1"] == history[-1]["val"]["acc1"]
 
 
+def test_probes_any_subset_of_the_pretraining_inputs(finished_run, tmp_path):
+    """rgb, depth and semseg in: each input adapter is the pre-trained one, frozen."""
+    inputs = ("rgb", "depth", "semseg")
+    metrics = train(small_probe_config(init=str(finished_run), **{
+        "model.input_tasks": inputs, "train.num_steps": 2}), tmp_path / "run")
+    assert np.isfinite(metrics["loss"])
+    _, pre = restore_state_only(finished_run)
+    _, state = restore_state_only(tmp_path / "run")
+    adapters = state["params"]["input_adapters"]
+    assert sorted(adapters) == sorted(inputs)
+    for name in inputs:
+        jax.tree.map(np.testing.assert_array_equal, adapters[name],
+                     pre["params"]["input_adapters"][name])
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert history[-1]["val"]["samples"] == 12
+
+
 def test_the_step_follows_maes_schedule():
     c = small_probe_config()
     objective = LinearProbeObjective(c)

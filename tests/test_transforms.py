@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from multimae_jax import modalities
-from multimae_jax.data.transforms import (PretrainAugment, _nearest_index, normalize,
+from multimae_jax.data.transforms import (PretrainAugment, nearest_index, normalize,
                                           prepare_batch, standardize_depth)
 from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD
 from pil_helpers import pass_order_matters_in_pillow13
@@ -115,13 +115,13 @@ def test_deterministic_given_rng():
 
 @pytest.mark.parametrize("n_in,n_out", [(64, 224), (128, 224), (256, 224), (300, 224),
                                         (1000, 224), (16, 56), (224, 56), (97, 37), (5, 512)])
-def test_nearest_index_equals_pil(n_in, n_out):
+def testnearest_index_equals_pil(n_in, n_out):
     rng = np.random.default_rng(n_in)
     depth = rng.integers(0, 2 ** 16, (n_in, n_in + 3), dtype=np.uint16)  # PIL mode I;16
     labels = rng.integers(0, 256, (n_in, n_in + 3), dtype=np.uint8)       # PIL mode L / P
     for x, per_pixel in ((depth, True), (labels, False)):
-        rows = _nearest_index(n_in, n_out, per_pixel)
-        cols = _nearest_index(n_in + 3, n_out, per_pixel)
+        rows = nearest_index(n_in, n_out, per_pixel)
+        cols = nearest_index(n_in + 3, n_out, per_pixel)
         ref = np.asarray(Image.fromarray(x).resize((n_out, n_out), Image.NEAREST))
         np.testing.assert_array_equal(x[rows[:, None], cols[None, :]], ref)
 
@@ -131,7 +131,7 @@ def test_pil_quirks_documented_in_module():
     boxed = Image.fromarray(x).resize((224, 224), Image.BICUBIC, box=(10, 20, 90, 80))
     cropped = Image.fromarray(x).crop((10, 20, 90, 80)).resize((224, 224), Image.BICUBIC)
     assert not np.array_equal(np.asarray(boxed), np.asarray(cropped))
-    assert not np.array_equal(_nearest_index(64, 224, True), _nearest_index(64, 224, False))
+    assert not np.array_equal(nearest_index(64, 224, True), nearest_index(64, 224, False))
 
 
 def test_input_errors():

@@ -9,7 +9,7 @@ areas dilated to whole 4x4 blocks (`valid_mask`).
 
 PIL facts used (see transforms.py and pil_resample.py): the official Pillow (<= 10.2) opened
 16-bit PNGs as mode 'I', whose NEAREST resize accumulates the source coordinate like 8-bit
-modes (`transforms._nearest_index(per_pixel=False)`); Pillow 13 may run a bilinear resize's
+modes (`transforms.nearest_index(per_pixel=False)`); Pillow 13 may run a bilinear resize's
 vertical pass first, so the two passes are run here as two single-axis resizes, horizontal
 first, which every Pillow computes as the official one did.
 """
@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 from PIL import Image
 
-from multimae_jax.data.transforms import _nearest_index
+from multimae_jax.data.transforms import nearest_index
 from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -70,7 +70,7 @@ def _resize(x: np.ndarray, size: tuple[int, int], bilinear: bool) -> np.ndarray:
     """PIL resize of x (H, W[, C]) to size (height, width) as the official Pillow computed it."""
     (h, w), (oh, ow) = x.shape[:2], size
     if not bilinear:
-        return x[_nearest_index(h, oh, per_pixel=False)][:, _nearest_index(w, ow, per_pixel=False)]
+        return x[nearest_index(h, oh, per_pixel=False)][:, nearest_index(w, ow, per_pixel=False)]
     if x.dtype != np.uint8:
         raise ValueError(f"bilinear resize expects a uint8 image, got {x.dtype}")
     img = Image.fromarray(x)

@@ -16,13 +16,14 @@ PIL facts this module relies on (checked in tests/test_transforms.py):
 * NEAREST picks source index floor((x + 0.5) * n_in / n_out), but with two different float
   roundings: 'I;16' images (uint16 arrays) compute it per pixel as (x + 0.5) * (n_in / n_out);
   8-bit, 'I' and 'F' images accumulate x_0 = scale / 2, x_k+1 = x_k + scale. They differ when the
-  exact value is an integer (e.g. 64 -> 224, 16 -> 56); `_nearest_index` reproduces both exactly.
+  exact value is an integer (e.g. 64 -> 224, 16 -> 56); `nearest_index` reproduces both exactly.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,7 +31,7 @@ from multimae_jax.data import pil_resample
 from multimae_jax.modalities import Modality, resolve
 
 
-def _nearest_index(n_in: int, n_out: int, per_pixel: bool) -> np.ndarray:
+def nearest_index(n_in: int, n_out: int, per_pixel: bool) -> np.ndarray:
     """Source indices (n_out,) of PIL's NEAREST resize of a length-n_in axis to n_out.
 
     per_pixel: True for 'I;16' images (Pillow's generic transform), False for all other modes
@@ -131,12 +132,12 @@ class PretrainAugment:
             return np.ascontiguousarray(out[:, ::-1] if flip else out)
         # NEAREST: compose crop, resize, flip (and the labels' second resize) into one gather.
         per_pixel = mod.storage == "uint16"
-        rows = i + _nearest_index(h, size, per_pixel)
-        cols = j + _nearest_index(w, size, per_pixel)
+        rows = i + nearest_index(h, size, per_pixel)
+        cols = j + nearest_index(w, size, per_pixel)
         if flip:
             cols = cols[::-1]
         if mod.kind == "labels":
-            small = _nearest_index(size, size // mod.stride_level, per_pixel=False)
+            small = nearest_index(size, size // mod.stride_level, per_pixel=False)
             rows, cols = rows[small], cols[small]
         out = x[rows][:, cols]  # two 1-D gathers: much faster than one 2-D fancy index
         if mod.kind == "labels":
@@ -190,4 +191,26 @@ def prepare_batch(batch: dict, modalities) -> dict:
             out[name] = jnp.asarray(batch[name]).astype(jnp.int32)
         else:
             out[name] = normalize(batch[name], mod)
+    return out
+
+
+def random_stored_batch(key, modalities, batch_size: int, image_size: int) -> dict:
+    """Random arrays in the layout and dtypes of `PretrainAugment`'s rows batched (for
+    benchmarks): 'image' modalities (B, S, S, C) as stored (uint8; uint16 depth as int32 when
+    resized bicubically, as pil_resample returns it; .npy as float32), 'labels' (B, S/s, S/s)
+    below num_classes."""
+    out = {}
+    for i, mod in enumerate(modalities):
+        k, side = jax.random.fold_in(key, i), image_size // mod.stride_level
+        if mod.kind == "labels":
+            x = jax.random.randint(k, (batch_size, side, side), 0, mod.num_classes)
+            out[mod.name] = x.astype(jnp.uint8 if mod.num_classes <= 256 else jnp.int32)
+        elif mod.storage == "uint16":
+            x = jax.random.randint(k, (batch_size, side, side, 1), 0, 2 ** 16)
+            out[mod.name] = x.astype(jnp.int32 if mod.resample == "bicubic" else jnp.uint16)
+        elif mod.storage in ("rgb8", "uint8"):
+            shape = (batch_size, side, side, mod.channels)
+            out[mod.name] = jax.random.randint(k, shape, 0, 256).astype(jnp.uint8)
+        else:  # 'npy'
+            out[mod.name] = jax.random.normal(k, (batch_size, side, side, mod.channels))
     return out

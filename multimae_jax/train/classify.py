@@ -1,5 +1,6 @@
 """The classification fine-tuning objective (official `run_finetuning_cls.py` with
-cfgs/finetune/cls/ft_in1k_100e_multimae-b.yaml): a MultiViT on the rgb input with
+cfgs/finetune/cls/ft_in1k_100e_multimae-b.yaml): a MultiViT on the rgb input (or any set of
+input modalities, config.model.input_tasks: their crop and flip shared, mixed with one draw) with
 `LinearOutputAdapter` (mean pooling; the official init_scale quirk kept), random erasing and
 mixup / cutmix on the device, soft-target cross-entropy, and the fine-tuning optimizer of the
 dense objective with the lr scaled by the batch (lr = blr x global batch / 256). The generic
@@ -19,8 +20,9 @@ Config (configs/finetune_cls.py), besides the fine-tuning sections (train/finetu
   data:   path ('' = the synthetic scenes labelled by shape; 'tfds:imagenet2012'; shards; an
           ImageNet folder with train_split / val_split class folders), skip_corrupt
   evals:  {name: {type: 'classification', every_epochs}}
-Batches: the input uint8 (B, S, S, 3) and 'label' int32 (B,); with reprob > 0 also 'erase'
-int32 (B, recount, 4), the boxes (top, left, h, w) to erase (h = w = 0: none).
+Batches: each input as pre-training stores it (rgb uint8 (B, S, S, 3)) and 'label' int32 (B,);
+with reprob > 0 also 'erase' int32 (B, recount, 4), the boxes (top, left, h, w) to erase
+(h = w = 0: none; erasing and RandAugment need a single rgb input).
 """
 import jax
 import jax.numpy as jnp
@@ -30,7 +32,7 @@ from multimae_jax.data.classify_sources import ImageFolder, check_classes, make_
 from multimae_jax.data.classify_transforms import ClassifyRecipe, ClassifyTrainAugment
 from multimae_jax.data.dense_sources import Subset, official_subset
 from multimae_jax.data.synthetic import SyntheticScenes
-from multimae_jax.data.transforms import prepare_batch
+from multimae_jax.data.transforms import prepare_batch, random_stored_batch
 from multimae_jax.models.output_adapters import LinearOutputAdapter
 from multimae_jax.train.finetune import FinetuneObjective, input_modalities, model_with_head
 from multimae_jax.train.optimizer import scaled_lr
@@ -44,12 +46,9 @@ class ClassifyObjective(FinetuneObjective):
         self.config = config
         self.model = model_with_head(config, self.head(config))
         self.inputs = input_modalities(config)
-        if len(self.inputs) != 1:
-            raise ValueError(f"config.model.input_tasks={list(self.inputs)}: classification "
-                             "reads one image input")
-        self.image = next(iter(self.inputs))
+        self.image = next(iter(self.inputs))  # the pictures' input
         self.erasing = config.augment.reprob > 0
-        self.batch_keys = (self.image, "label") + (("erase",) if self.erasing else ())
+        self.batch_keys = (*self.inputs, "label") + (("erase",) if self.erasing else ())
 
     @staticmethod
     def head(config):
@@ -77,17 +76,20 @@ class ClassifyObjective(FinetuneObjective):
         cross-entropy; float32."""
         m, num_classes = self.config.mixup, self.config.target.num_classes
         mix_key, key = jax.random.split(key)
-        x = prepare_batch({self.image: batch[self.image]}, self.inputs)[self.image]
+        x = self.model_inputs(batch)
         if self.erasing:  # the official order: each image erased, then the batch mixed
             erase_key, key = jax.random.split(key)
-            x = erasing.erase_boxes(x, batch["erase"], erase_key, self.config.augment.remode)
+            x[self.image] = erasing.erase_boxes(x[self.image], batch["erase"], erase_key,
+                                                self.config.augment.remode)
         labels = batch["label"]
-        if self.mixing:
+        if self.mixing:  # one draw for every input: the box lies at the same place in each
             draw = mixup.draw_mixup(mix_key, mixup_alpha=m.mixup_alpha,
                                     cutmix_alpha=m.cutmix_alpha, prob=m.prob,
-                                    switch_prob=m.switch_prob, image_hw=x.shape[1:3])
-            x, targets = mixup.mix_batch(x, labels, draw, num_classes, m.label_smoothing,
-                                         groups=m.groups)
+                                    switch_prob=m.switch_prob,
+                                    image_hw=x[self.image].shape[1:3])
+            for name in x:
+                x[name], targets = mixup.mix_batch(x[name], labels, draw, num_classes,
+                                                   m.label_smoothing, groups=m.groups)
         logits = self._logits(trainable["params"], buffers, x, key, train=True)
         if self.mixing:
             loss = losses.soft_target_cross_entropy(logits, targets)
@@ -95,19 +97,23 @@ class ClassifyObjective(FinetuneObjective):
             loss = losses.label_smoothing_cross_entropy(logits, labels, m.label_smoothing)
         return loss, {"loss": loss}
 
+    def model_inputs(self, batch: dict) -> dict:
+        """{input: float32 (B, S, S, C) normalised, or labels int32} of a batch."""
+        return prepare_batch({name: batch[name] for name in self.inputs}, self.inputs)
+
     def _logits(self, params, buffers, x, key, train: bool):
-        out = self.model.apply({"params": params, "buffers": buffers}, {self.image: x},
+        out = self.model.apply({"params": params, "buffers": buffers}, x,
                                train=train, rngs={"dropout": key})
         return out[self.config.target.name].astype(jnp.float32)
 
     def random_batch(self, key, batch_size: int) -> dict:
-        """Random arrays in the pipeline's layout: the image uint8 (B, S, S, 3), 'label' int32
-        (B,) below num_classes, with reprob > 0 'erase' int32 (B, recount, 4): one S/2 x S/2 box
-        per image at a random corner inside it, no others (for the benchmark)."""
+        """Random arrays in the pipeline's layout: each input as `random_stored_batch` makes it,
+        'label' int32 (B,) below num_classes, with reprob > 0 'erase' int32 (B, recount, 4): one
+        S/2 x S/2 box per image at a random corner inside it, no others (for the benchmark)."""
         s, k1, k2, k3 = self.config.model.image_size, *jax.random.split(key, 3)
-        batch = {
-            self.image: jax.random.randint(k1, (batch_size, s, s, 3), 0, 256).astype(jnp.uint8),
-            "label": jax.random.randint(k2, (batch_size,), 0, self.config.target.num_classes)}
+        batch = {**random_stored_batch(k1, self.inputs.values(), batch_size, s),
+                 "label": jax.random.randint(k2, (batch_size,), 0,
+                                             self.config.target.num_classes)}
         if self.erasing:
             corner = jax.random.randint(k3, (batch_size, 2), 0, s - s // 2 + 1)
             box = jnp.concatenate([corner, jnp.full((batch_size, 2), s // 2)], axis=1)
@@ -126,13 +132,14 @@ class ClassifyObjective(FinetuneObjective):
         scenes = (SyntheticScenes(start + count, c.model.image_size, d.synthetic_classes,
                                   d.synthetic_seed, single_class=True,
                                   object_scale=d.synthetic_object_scale) if not d.path else None)
-        source = make_classify_source(d.path, split, self.inputs[self.image], train=train,
+        source = make_classify_source(d.path, split, self.inputs.values(), train=train,
                                       skip_corrupt=d.skip_corrupt,
                                       tfds_fields=d.tfds_fields.to_dict(),
                                       synthetic_scenes=scenes, synthetic_start=start,
                                       synthetic_count=count)
         if isinstance(source.raw, ImageFolder) and not train:
-            check_classes(ImageFolder.class_folders(f"{d.path}/{d.train_split}"),
+            check_classes(ImageFolder.class_folders(f"{d.path}/{d.train_split}",
+                                                    tuple(self.inputs)),
                           source.classes, f"{d.path}/{split}")
         if source.classes is not None and len(source.classes) != c.target.num_classes:
             raise ValueError(f"{source.raw!r}: {len(source.classes)} classes, but "
@@ -145,10 +152,11 @@ class ClassifyObjective(FinetuneObjective):
         c, a = self.config, self.config.augment
         augment = None
         if train:
-            augment = ClassifyTrainAugment(self.inputs[self.image], c.model.image_size,
+            augment = ClassifyTrainAugment(tuple(self.inputs.values()), c.model.image_size,
                                            tuple(a.scale), tuple(a.ratio), a.hflip,
                                            a.randaugment, a.reprob, a.recount)
-        return ClassifyRecipe(self.image, c.model.image_size, augment, a.crop_pct)
+        return ClassifyRecipe(tuple(self.inputs.values()), c.model.image_size, augment,
+                              a.crop_pct)
 
     def _evaluator_defaults(self) -> dict:
         return {"target": "label", "num_classes": self.config.target.num_classes,

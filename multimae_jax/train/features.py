@@ -43,21 +43,23 @@ def rgb_modality(config) -> modalities.Modality:
     return modalities.resolve(("rgb",), registry)["rgb"]
 
 
-def feature_model(config):
-    """A MultiViT of config.model's encoder over rgb alone, with no head: (B, S, S, 3) ->
-    encoder tokens (B, N + G, D)."""
+def feature_model(config, inputs: tuple = ()):
+    """A MultiViT of config.model's encoder over `inputs` (Modality objects; default: rgb
+    alone), with no head: {input: (B, S, S, C)} -> encoder tokens (B, N + G, D)."""
     mc = config.model
-    return multivit(mc.size, (rgb_modality(config),), heads=None, image_size=mc.image_size,
-                    patch_size=mc.patch_size, num_global_tokens=mc.num_global_tokens,
+    return multivit(mc.size, tuple(inputs) or (rgb_modality(config),), heads=None,
+                    image_size=mc.image_size, patch_size=mc.patch_size,
+                    num_global_tokens=mc.num_global_tokens,
                     dtype=DTYPES[config.train.compute_dtype],
                     residual_dtype=DTYPES[config.train.residual_dtype],
                     **mc.overrides.to_dict())
 
 
-def encoder_variables(collection: dict) -> dict:
-    """The feature model's share of a MultiMAE's or MultiViT's params or buffers."""
+def encoder_variables(collection: dict, inputs=("rgb",)) -> dict:
+    """The feature model's share of a MultiMAE's or MultiViT's params or buffers: the encoder,
+    the global tokens and the input adapters of `inputs` (names)."""
     return {**{k: collection[k] for k in ENCODER_KEYS if k in collection},
-            "input_adapters": {"rgb": collection["input_adapters"]["rgb"]}}
+            "input_adapters": {name: collection["input_adapters"][name] for name in inputs}}
 
 
 def knn_evaluators(config, trainer, steps_per_epoch: int):
@@ -87,11 +89,11 @@ def knn_evaluators(config, trainer, steps_per_epoch: int):
                                       object_scale=d.synthetic_object_scale)
                       if not d.path else None)
             sources[stream] = make_classify_source(
-                d.path, split, rgb, train=False, skip_corrupt=d.skip_corrupt,
+                d.path, split, (rgb,), train=False, skip_corrupt=d.skip_corrupt,
                 synthetic_scenes=scenes, synthetic_start=start, synthetic_count=count)
         check_classes(sources["reference_batches"].classes, sources["batches"].classes,
                       f"config.evals.{name}.data: {d.path}/{d.query_split}")
-        recipe = ClassifyRecipe("rgb", config.model.image_size, None, d.crop_pct)
+        recipe = ClassifyRecipe((rgb,), config.model.image_size, None, d.crop_pct)
         local_batch = d.eval_batch_size // jax.process_count()
         return {stream: (lambda source=source: iter(eval_dataset(
                     source, recipe, local_batch_size=local_batch,

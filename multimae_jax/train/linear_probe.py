@@ -1,8 +1,9 @@
 """Linear probing, the MAE protocol (facebookresearch/mae `main_linprobe.py`): the encoder frozen,
-a head of BatchNorm (no affine, torch's statistics) and a linear layer on its pooled rgb
-features, trained with LARS (`train/lars.py`) at lr = blr x batch / 256 (blr 0.1, batch 16384),
-90 epochs with 10 of warm-up under MAE's schedule, cross-entropy, RandomResizedCrop and flip
-only; evaluation: top-1 / top-5 after resize 256 and centre crop 224.
+a head of BatchNorm (no affine, torch's statistics) and a linear layer on its pooled features of
+rgb (or of any subset of the pre-training modalities: config.model.input_tasks), trained with
+LARS (`train/lars.py`) at lr = blr x batch / 256 (blr 0.1, batch 16384), 90 epochs with 10 of
+warm-up under MAE's schedule, cross-entropy, RandomResizedCrop and flip only; evaluation:
+top-1 / top-5 after resize 256 and centre crop 224.
 
 Config (configs/linear_probe.py): the classification sections (train/classify.py) with
 head.pool ('mean': all tokens, the global one included; 'global': the global token) and
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from multimae_jax import losses
-from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.models.probe import LinearProbeHead
 from multimae_jax.train.classify import ClassifyObjective
 from multimae_jax.train.features import encoder_variables, feature_model
@@ -31,7 +31,7 @@ class LinearProbeObjective(ClassifyObjective):
 
     def __init__(self, config):
         super().__init__(config)
-        self.encoder = feature_model(config)
+        self.encoder = feature_model(config, tuple(self.inputs.values()))
         self.probe = self.head(config)
 
     @staticmethod
@@ -58,10 +58,10 @@ class LinearProbeObjective(ClassifyObjective):
         frozen encoder's tokens without gradient, the head in train mode, cross-entropy."""
         del key  # nothing random: no drop path in the frozen encoder, no dropout in the head
         params, name = trainable["params"], self.config.target.name
-        x = prepare_batch({self.image: batch[self.image]}, self.inputs)
-        variables = {"params": encoder_variables(params)}
+        x = self.model_inputs(batch)
+        variables = {"params": encoder_variables(params, self.inputs)}
         if buffers.get("input_adapters"):  # fixed positional embeddings
-            variables["buffers"] = encoder_variables(buffers)
+            variables["buffers"] = encoder_variables(buffers, self.inputs)
         tokens = jax.lax.stop_gradient(self.encoder.apply(variables, x, train=False))
         logits, updated = self.probe.apply(
             {"params": params[HEAD_KEY][name], "buffers": buffers[HEAD_KEY][name]}, tokens,

@@ -13,12 +13,11 @@ state of a new run: e.g. pre-trained weights loaded into the initialised one),
 `train_data(process_index, process_count)` -> (source, dataset).
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from multimae_jax import losses, modalities
 from multimae_jax.data.pipeline import make_dataset, make_source
-from multimae_jax.data.transforms import prepare_batch
+from multimae_jax.data.transforms import prepare_batch, random_stored_batch
 from multimae_jax.models.presets import pretrain_multimae
 from multimae_jax.models.spec import example_inputs
 from multimae_jax.train import task_balancing
@@ -130,24 +129,9 @@ class PretrainObjective:
 
     def random_batch(self, key, batch_size: int) -> dict:
         """Random arrays in the layout and dtypes of the data pipeline's batches (for the
-        benchmark): 'image' modalities (B, S, S, C) as stored (uint8; uint16 depth as int32 when
-        resized bicubically, as pil_resample returns it; .npy as float32), 'labels' (B, S/s, S/s)
-        below num_classes."""
-        s, out = self.config.model.image_size, {}
-        for i, (task, mod) in enumerate(self.data_modalities.items()):
-            k, side = jax.random.fold_in(key, i), s // mod.stride_level
-            if mod.kind == "labels":
-                x = jax.random.randint(k, (batch_size, side, side), 0, mod.num_classes)
-                out[task] = x.astype(jnp.uint8 if mod.num_classes <= 256 else jnp.int32)
-            elif mod.storage == "uint16":
-                x = jax.random.randint(k, (batch_size, side, side, 1), 0, 2 ** 16)
-                out[task] = x.astype(jnp.int32 if mod.resample == "bicubic" else jnp.uint16)
-            elif mod.storage in ("rgb8", "uint8"):
-                shape = (batch_size, side, side, mod.channels)
-                out[task] = jax.random.randint(k, shape, 0, 256).astype(jnp.uint8)
-            else:  # 'npy'
-                out[task] = jax.random.normal(k, (batch_size, side, side, mod.channels))
-        return out
+        benchmark; `transforms.random_stored_batch`)."""
+        return random_stored_batch(key, self.data_modalities.values(), batch_size,
+                                   self.config.model.image_size)
 
     def train_data(self, process_index: int, process_count: int):
         """(source, dataset): the config's data, augmented as in the official pre-training,

@@ -28,9 +28,17 @@ CLASSIFY_RANGES = {
 def validate_classify(config, error) -> None:
     """The input, the augmentation and mixing fields; `error`: the exception class to raise."""
     c = config
-    if len(c.model.input_tasks) != 1:
-        raise error(f"config.model.input_tasks={tuple(c.model.input_tasks)}: classification "
-                    "reads one image input, e.g. ('rgb',)")
+    inputs = tuple(c.model.input_tasks)
+    one_rgb = len(inputs) == 1 and c.modalities[inputs[0]].storage == "rgb8"
+    if (c.augment.randaugment or c.augment.reprob > 0) and not one_rgb:
+        raise error(f"config.model.input_tasks={inputs}: RandAugment and random erasing act on "
+                    "one rgb image; set config.augment.randaugment='' and "
+                    "config.augment.reprob=0 for other inputs")
+    labels = [t for t in inputs if c.modalities[t].kind == "labels"]
+    if labels and (c.mixup.mixup_alpha > 0 or c.mixup.cutmix_alpha > 0):
+        raise error(f"config.model.input_tasks={inputs}: mixup / cutmix blend images, not the "
+                    f"label maps of {labels}; set config.mixup.mixup_alpha=0 and "
+                    "config.mixup.cutmix_alpha=0")
     if c.augment.randaugment:
         try:
             randaugment.parse_policy(c.augment.randaugment)
