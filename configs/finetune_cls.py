@@ -46,7 +46,7 @@ def get_config(variant: str = "in1k") -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict(dict(
         scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5, randaugment="rand-m9-mstd0.5-inc1",
-        crop_pct=224 / 256,
+        crop_draw="torchvision", crop_pct=224 / 256,
         # random erasing (the official --reprob / --remode / --recount; reprob 0 = off)
         reprob=0.0, remode="pixel", recount=1))
     c.mixup = ml_collections.ConfigDict(dict(

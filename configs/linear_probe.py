@@ -13,7 +13,8 @@ crop 224, the best epoch kept.
 Features: head.pool 'mean' (all tokens, the global one included) or 'global' (the global token).
 MAE reads its cls token (or the mean of the patch tokens) after the encoder's final LayerNorm;
 MultiViT has no final LayerNorm, so the BatchNorm sees the last block's tokens. MAE's BatchNorm
-statistics are per GPU; here they are the global batch's.
+statistics are per GPU; here they are the global batch's. The crop is MAE's (util/crop.py: one
+draw of area and aspect, each side clamped to the image; augment.crop_draw='mae').
 
 Inputs: rgb by default; any subset of the pre-training modalities with
 --config.model.input_tasks='("rgb","depth")' (each input adapter loaded from the checkpoint and
@@ -44,6 +45,7 @@ def get_config(variant: str = "in1k") -> ml_collections.ConfigDict:
     c.data.global_batch_size = 16384
     c.data.eval_batch_size = 1024
     c.augment.randaugment = ""
+    c.augment.crop_draw = "mae"  # util/crop.py: one draw of area and aspect, clamped
     c.mixup.mixup_alpha = 0.0
     c.mixup.cutmix_alpha = 0.0
     c.mixup.label_smoothing = 0.0

@@ -1,6 +1,7 @@
 """The parts of MAE's linear probing against facebookresearch/mae (fixture linprobe, written by
 tests/official/linprobe_cases.py): LARS under the per-iteration lr schedule, torch's
-BatchNorm1d, adjust_learning_rate; and the probe head's shapes, pooling and init."""
+BatchNorm1d, adjust_learning_rate, the one-draw RandomResizedCrop; and the probe head's shapes,
+pooling and init."""
 import json
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from multimae_jax.data.transforms import PretrainAugment, mae_crop_size
 from multimae_jax.models.probe import LinearProbeHead, TorchBatchNorm
 from multimae_jax.train.lars import lars
 from multimae_jax.train.optimizer import mae_warmup_cosine
@@ -209,3 +211,24 @@ def test_probe_head_in_multivit():
     assert out["cls"].shape == (3, 4)
     bn = mutated["buffers"]["output_adapters"]["cls"]["bn"]
     assert not np.allclose(bn["running_var"], 1.0)
+
+
+def test_crop_size_is_maes(arrays):
+    """util/crop.py get_params given its two draws: one try, each side clamped to the image."""
+    sizes, ijhw = arrays["crop/size"], arrays["crop/ijhw"]
+    clamped = 0
+    for (height, width), a, la, (i, j, h, w) in zip(sizes, arrays["crop/area_fraction"],
+                                                    arrays["crop/log_aspect"], ijhw):
+        assert mae_crop_size(int(height), int(width), float(a), float(la)) == (h, w)
+        clamped += h == height or w == width
+    assert clamped >= 8  # the fixture exercises the clamp
+
+
+def test_the_mae_crop_draw_stays_in_the_image():
+    aug = PretrainAugment(("rgb",), 32, (0.08, 1.0), (3 / 4, 4 / 3), 0.5, crop_draw="mae")
+    rng = np.random.default_rng(0)
+    boxes = [aug.draw(40, 400, rng) for _ in range(200)]
+    for i, j, h, w, _ in boxes:
+        assert 0 <= i <= 40 - h and 0 <= j <= 400 - w and 0 < h <= 40 and 0 < w <= 400
+    # a wide image: MAE clamps the height to 40 where torchvision would retry
+    assert sum(h == 40 for _, _, h, _, _ in boxes) > 50

@@ -89,7 +89,8 @@ class ClassifyTrainAugment:
     RandAugment draws all come from `rng` (a numpy Generator), so the output is a function of the
     images and the rng state only. modalities: the inputs (Modality objects). randaugment: a timm
     policy string ('' = none). reprob, recount: random erasing's probability (0 = off) and most
-    boxes per image (`erase_boxes`). RandAugment and erasing need a single rgb8 input."""
+    boxes per image (`erase_boxes`). RandAugment and erasing need a single rgb8 input.
+    crop_draw: the crop's draw, torchvision's or MAE's (`transforms.CROP_DRAWS`)."""
     modalities: tuple
     image_size: int = 224
     scale: tuple[float, float] = (0.08, 1.0)
@@ -98,6 +99,7 @@ class ClassifyTrainAugment:
     randaugment: str = "rand-m9-mstd0.5-inc1"
     reprob: float = 0.0
     recount: int = 1
+    crop_draw: str = "torchvision"
 
     def __post_init__(self):
         mods = tuple(self.modalities)
@@ -108,7 +110,7 @@ class ClassifyTrainAugment:
                              f"{[m.name for m in mods]}: set augment.randaugment='' and "
                              "augment.reprob=0")
         crop = PretrainAugment(mods, self.image_size, tuple(self.scale), tuple(self.ratio),
-                               self.hflip)
+                               self.hflip, self.crop_draw)
         object.__setattr__(self, "_crop", crop)
         policy = randaugment.parse_policy(self.randaugment) if self.randaugment else None
         object.__setattr__(self, "_policy", policy)

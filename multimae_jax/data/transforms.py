@@ -45,6 +45,23 @@ def nearest_index(n_in: int, n_out: int, per_pixel: bool) -> np.ndarray:
     return coords.astype(np.int64)
 
 
+#: PretrainAugment.crop_draw: torchvision's RandomResizedCrop (10 tries, then a central crop), as
+#: the official MultiMAE and timm; MAE's util/crop.py (its linear probe: one draw, clamped)
+CROP_DRAWS = ("torchvision", "mae")
+
+
+def mae_crop_size(height: int, width: int, area_fraction: float, log_aspect: float
+                  ) -> tuple[int, int]:
+    """(h, w) of MAE's RandomResizedCrop (facebookresearch/mae util/crop.py, after BYOL's TF
+    crop) given its two draws: the area fraction (in scale) and the log aspect ratio (in
+    log(ratio), drawn in float32 as torch draws it); one try, each side clamped to the image."""
+    target_area = height * width * area_fraction
+    aspect = float(np.exp(np.float32(log_aspect)))
+    w = min(int(round(math.sqrt(target_area * aspect))), width)
+    h = min(int(round(math.sqrt(target_area / aspect))), height)
+    return h, w
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainAugment:
     """HOST-side MultiMAE pre-training augmentation of one sample.
@@ -58,18 +75,22 @@ class PretrainAugment:
     * 'npy': float32 (S, S, C), PIL NEAREST semantics;
     * labels: stored ints (S/s, S/s): NEAREST to S x S, flip, then NEAREST to S/s x S/s (the
       official code resizes the mode-P image again after the flip).
-    One crop box (torchvision `RandomResizedCrop.get_params`) and one flip (probability `hflip`)
-    are drawn from `rng` (see `draw`) and shared by all modalities: the output is a function of
-    the sample and the rng state only. `modalities`: Modality objects (or names of the default
-    entries); they travel with this object to worker processes.
+    One crop box (torchvision `RandomResizedCrop.get_params`, or with crop_draw 'mae' MAE's
+    one-draw variant: `mae_crop_size`) and one flip (probability `hflip`) are drawn from `rng`
+    (see `draw`) and shared by all modalities: the output is a function of the sample and the
+    rng state only. `modalities`: Modality objects (or names of the default entries); they
+    travel with this object to worker processes.
     """
     modalities: tuple
     image_size: int = 224
     scale: tuple[float, float] = (0.2, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
+    crop_draw: str = "torchvision"  # or 'mae'
 
     def __post_init__(self):
+        if self.crop_draw not in CROP_DRAWS:
+            raise ValueError(f"crop_draw must be one of {CROP_DRAWS}, got {self.crop_draw!r}")
         object.__setattr__(self, "modalities", tuple(resolve(self.modalities).values()))
         for mod in self.modalities:
             if not mod.on_disk:
@@ -92,6 +113,11 @@ class PretrainAugment:
         flip = bool(rng.random() < self.hflip)
         area = height * width
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        if self.crop_draw == "mae":
+            h, w = mae_crop_size(height, width, rng.uniform(*self.scale), rng.uniform(*log_ratio))
+            i = int(rng.integers(0, height - h + 1))
+            j = int(rng.integers(0, width - w + 1))
+            return i, j, h, w, flip
         for _ in range(10):
             target_area = area * rng.uniform(*self.scale)
             aspect = math.exp(rng.uniform(*log_ratio))

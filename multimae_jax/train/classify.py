@@ -9,7 +9,8 @@ Trainer and loop run it.
 Config (configs/finetune_cls.py), besides the fine-tuning sections (train/finetune_config.py):
   head:   use_mean_pooling, init_scale, apply_init_scale (LinearOutputAdapter's fields)
   target: name (the head's name, 'cls' as the official key), num_classes
-  augment: randaugment (a timm policy string, '' = none), scale, ratio, hflip, crop_pct
+  augment: randaugment (a timm policy string, '' = none), scale, ratio, hflip, crop_draw
+          ('torchvision': 10 tries as timm; 'mae': MAE's one-draw crop), crop_pct
           (evaluation: resize to image_size / crop_pct, centre crop), reprob / remode / recount
           (the official --reprob 0 / --remode pixel / --recount 1: random erasing's probability,
           fill 'pixel' | 'rand' | 'const', most boxes; boxes drawn on the host, filled after
@@ -154,7 +155,7 @@ class ClassifyObjective(FinetuneObjective):
         if train:
             augment = ClassifyTrainAugment(tuple(self.inputs.values()), c.model.image_size,
                                            tuple(a.scale), tuple(a.ratio), a.hflip,
-                                           a.randaugment, a.reprob, a.recount)
+                                           a.randaugment, a.reprob, a.recount, a.crop_draw)
         return ClassifyRecipe(tuple(self.inputs.values()), c.model.image_size, augment,
                               a.crop_pct)
 

@@ -4,6 +4,7 @@ import math
 
 from multimae_jax import erasing
 from multimae_jax.data import randaugment
+from multimae_jax.data.transforms import CROP_DRAWS
 from multimae_jax.train.evaluators.knn import POOLS
 from multimae_jax.train.step import SCHEDULES
 
@@ -58,6 +59,8 @@ def validate_classify(config, error) -> None:
     if reprob > 0 and c.objective == "linear_probe":
         raise error(f"config.augment.reprob={reprob}: linear probing does not erase (set it "
                     "to 0)")
+    if a.crop_draw not in CROP_DRAWS:
+        raise error(f"config.augment.crop_draw={a.crop_draw!r}: expected one of {CROP_DRAWS}")
     lo, hi = c.augment.scale
     if not 0 < lo <= hi <= 1:
         raise error(f"config.augment.scale={tuple(c.augment.scale)}: expected 0 < min <= max <= 1"

@@ -5,8 +5,9 @@ writes tests/fixtures/official/linprobe.npz + .json.
     /work/torchenv/bin/python tests/official/linprobe_cases.py --mae /tmp/mae \\
         --commit "$(git -C MAE_MIRROR rev-parse HEAD)"
 
-(--commit may be left out when --mae is a git checkout.) Loads `util/lars.py` (imports only torch)
-and `util/lr_sched.py` (only math) by file path; the BatchNorm is torch's own BatchNorm1d as
+(--commit may be left out when --mae is a git checkout.) Loads `util/lars.py` (imports only torch),
+`util/lr_sched.py` (only math) and `util/crop.py` (its torchvision imports stubbed: get_params
+reads only the image size) by file path; the BatchNorm is torch's own BatchNorm1d as
 `main_linprobe.py` builds it. Runs on the CPU, single-threaded, seeds fixed: a rerun rewrites the
 same bytes. The MAE checkout is never edited.
 
@@ -16,6 +17,8 @@ epoch data_iter_step / steps_per_epoch, as `engine_finetune.train_one_epoch` doe
 batchnorm: `BatchNorm1d(D, affine=False, eps=1e-6)` in train mode on 3 batches (sizes differ,
 so the unbiased running variance is visible), then eval mode.
 lr_sched: `adjust_learning_rate` over every iteration of two runs.
+crop: `RandomResizedCrop.get_params(img, (0.08, 1), (3/4, 4/3))` under CROP_SEEDS on images of
+CROP_SIZES, with the two uniform draws it made (re-drawn from the same seed).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import importlib.util
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +42,7 @@ from common import Fixture, trim_mantissa  # noqa: E402
 from make_fixtures import DEFAULT_OUT, write  # noqa: E402
 
 MAE_REPO = "facebookresearch/mae"
-FILES = ("util/lars.py", "util/lr_sched.py")
+FILES = ("util/lars.py", "util/lr_sched.py", "util/crop.py")
 
 # LARS: params (shape) and the cases (weight decay). 'zero' has ||p|| = 0 and 'nograd' a zero
 # gradient (||g|| = 0 when wd = 0): the trust ratio falls back to 1.
@@ -58,6 +62,12 @@ LR_CASES = {
     "lr0.1_w10_e90": dict(lr=0.1, min_lr=0.0, warmup_epochs=10, epochs=90, steps_per_epoch=4),
     "lr1_min1e-3_w2_e5": dict(lr=1.0, min_lr=1e-3, warmup_epochs=2, epochs=5, steps_per_epoch=7),
 }
+
+
+# crop: (H, W) of the images (wide and tall ones make the clamp to the image happen), seeds each
+CROP_SIZES = ((224, 224), (375, 500), (500, 333), (40, 400), (400, 40))
+CROP_SEEDS = range(8)
+CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 
 
 def load_file(mae: Path, relative: str):
@@ -146,6 +156,41 @@ def lr_sched_case(lr_sched, arrays: dict) -> dict:
     return LR_CASES
 
 
+def stub_torchvision() -> None:
+    """util/crop.py subclasses torchvision's RandomResizedCrop and reads the image size through
+    torchvision.transforms.functional._get_image_size; get_params needs nothing else."""
+    functional = types.ModuleType("torchvision.transforms.functional")
+    functional._get_image_size = lambda img: list(img.size)  # PIL: (width, height)
+    transforms = types.ModuleType("torchvision.transforms")
+    transforms.RandomResizedCrop = type("RandomResizedCrop", (), {})
+    transforms.functional = functional
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms = transforms
+    sys.modules.update({"torchvision": torchvision, "torchvision.transforms": transforms,
+                        "torchvision.transforms.functional": functional})
+
+
+def crop_case(crop, arrays: dict) -> dict:
+    rows = []
+    for height, width in CROP_SIZES:
+        image = SimpleNamespace(size=(width, height))
+        for seed in CROP_SEEDS:
+            torch.manual_seed(seed)
+            i, j, h, w = crop.RandomResizedCrop.get_params(image, CROP_SCALE, CROP_RATIO)
+            torch.manual_seed(seed)  # the same two draws again, as get_params makes them
+            area_fraction = torch.empty(1).uniform_(*CROP_SCALE).item()
+            log_ratio = torch.log(torch.tensor(CROP_RATIO))
+            log_aspect = torch.empty(1).uniform_(log_ratio[0], log_ratio[1]).item()
+            rows.append((height, width, area_fraction, log_aspect, i, j, h, w))
+    table = np.array(rows, np.float64)
+    arrays["crop/size"] = table[:, :2].astype(np.int64)
+    arrays["crop/area_fraction"] = table[:, 2]
+    arrays["crop/log_aspect"] = table[:, 3]
+    arrays["crop/ijhw"] = table[:, 4:].astype(np.int64)
+    return {"scale": CROP_SCALE, "ratio": CROP_RATIO, "sizes": CROP_SIZES,
+            "seeds": list(CROP_SEEDS)}
+
+
 def source_commit(mae: Path, commit: str | None) -> str:
     def git(*argv):
         return subprocess.run(["git", "-C", str(mae), *argv], check=True, capture_output=True,
@@ -166,7 +211,8 @@ def source_commit(mae: Path, commit: str | None) -> str:
 
 def linprobe(mae: Path, commit: str) -> Fixture:
     torch.manual_seed(0)
-    lars_mod, lr_sched = (load_file(mae, f) for f in FILES)
+    stub_torchvision()
+    lars_mod, lr_sched, crop = (load_file(mae, f) for f in FILES)
     rng = np.random.default_rng(0)
     arrays: dict[str, np.ndarray] = {}
     meta = {
@@ -180,7 +226,9 @@ def linprobe(mae: Path, commit: str) -> Fixture:
             "(sizes train_batches), output and the running statistics after it; bn/eval/{x,y}: "
             "eval mode after the 3 batches. lr_sched/<case>/{epoch,lr} (float64): "
             "util/lr_sched.py adjust_learning_rate(optimizer, epoch, args) at epoch = "
-            "it / steps_per_epoch + e for every iteration of the run."),
+            "it / steps_per_epoch + e for every iteration of the run. crop/size (H, W), "
+            "crop/area_fraction, crop/log_aspect (its two uniform draws, float32 values), "
+            "crop/ijhw: util/crop.py RandomResizedCrop.get_params per case."),
         "source": {"repo": f"https://github.com/{MAE_REPO}", "commit": commit,
                    "files": {f: hashlib.sha256((mae / f).read_bytes()).hexdigest() for f in FILES},
                    "also": "main_linprobe.py (head), engine_finetune.py (per-iteration lr)"},
@@ -188,6 +236,7 @@ def linprobe(mae: Path, commit: str) -> Fixture:
         "lars": lars_case(lars_mod, lr_sched, rng, arrays),
         "batchnorm": batchnorm_case(rng, arrays),
         "lr_sched": lr_sched_case(lr_sched, arrays),
+        "crop": crop_case(crop, arrays),
     }
     return Fixture("linprobe", arrays, meta)
 
