@@ -77,8 +77,7 @@ def evaluate(config, checkpoint, output_dir) -> dict:
         picture = ev.pictures(state, 4)
         if is_main:
             print(format_table(name, step, results[name]), flush=True)
-            if picture is not None:  # k-NN draws none
-                save_png(picture, output_dir / f"{name}.png")
+            save_png(picture, output_dir / f"{name}.png")
     if is_main:
         report = {"checkpoint": str(checkpoint), "step": step, **results}
         output_dir.mkdir(parents=True, exist_ok=True)

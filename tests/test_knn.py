@@ -10,6 +10,7 @@ import pytest
 from configs import knn
 from multimae_jax.evaluate import CheckpointMismatchError, evaluate
 from multimae_jax.train import sharding
+from multimae_jax.train.evaluators import knn as knn_module
 from multimae_jax.train.evaluators.knn import KnnEvaluator
 from multimae_jax.train.loop import train
 from train_helpers import SMALL, small_config
@@ -34,9 +35,10 @@ def dino_knn(train_features, train_labels, test_features, test_labels, k, t, num
             100 * correct[:, :min(5, k)].sum() / len(test_labels))
 
 
-def batches_of(features, labels, batch):
+def batches_of(features, labels, batch, first_id=0):
     """() -> iterator of padded batches {'rgb': features as (B, 1, D) 'tokens', 'label',
-    'valid'} (the tokens pass through the identity predict_fn below)."""
+    'valid', 'image': uint8 (B, 2, 2, 3) holding first_id + the row's index} (the tokens pass
+    through the identity predict_fn below)."""
     n = len(labels)
     padded = -(-n // batch) * batch
     index = np.arange(padded) % n
@@ -46,11 +48,14 @@ def batches_of(features, labels, batch):
             rows = index[start:start + batch]
             yield {"rgb": features[rows][:, None, :].astype(np.float32),
                    "label": labels[rows].astype(np.int32),
-                   "valid": np.arange(start, start + batch) < n}
+                   "valid": np.arange(start, start + batch) < n,
+                   "image": np.broadcast_to((first_id + rows).astype(np.uint8)[:, None, None, None],
+                                            (len(rows), 2, 2, 3)).copy()}
     return iterate
 
 
-def run_knn(devices, k=4):
+def knn_case(devices, k=4):
+    """(evaluator, state, the bank, its labels, the queries, their labels)."""
     r = np.random.default_rng(0)
     bank, bank_labels = r.normal(size=(45, DIM)), r.integers(0, NUM_CLASSES, 45)
     # queries near bank rows (so that the vote is decisive) plus pure noise
@@ -58,12 +63,17 @@ def run_knn(devices, k=4):
     query_labels = np.concatenate([bank_labels[:20], r.integers(0, NUM_CLASSES, 7)])
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1}, devices)
     ev = KnnEvaluator(lambda params, buffers, batch: batch["rgb"], mesh,
-                      batches_of(queries, query_labels, 8),
+                      batches_of(queries, query_labels, 8, first_id=100),
                       reference_batches=batches_of(bank, bank_labels, 16),
-                      num_classes=NUM_CLASSES, target="label", picture_input="rgb", k=k,
+                      num_classes=NUM_CLASSES, target="label", picture_input="image", k=k,
                       temperature=0.07)
+    return ev, {"params": {}}, bank, bank_labels, queries, query_labels
+
+
+def run_knn(devices, k=4):
+    ev, state, bank, bank_labels, queries, query_labels = knn_case(devices, k)
     want = dino_knn(bank, bank_labels, queries, query_labels, k, 0.07, NUM_CLASSES)
-    return ev.run({"params": {}}), want
+    return ev.run(state), want
 
 
 @pytest.mark.parametrize("num_devices", [1, 8])
@@ -72,6 +82,25 @@ def test_knn_equals_the_dino_protocol(num_devices):
     assert got["samples"] == 27  # the padding of both sets left out
     assert got["acc1"] == pytest.approx(top1) and got["acc5"] == pytest.approx(top5)
     assert 50 < top1 < 100  # the case is neither trivial nor hopeless
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+def test_picture_shows_the_nearest_reference_images(num_devices, monkeypatch):
+    shown = []
+    monkeypatch.setattr(knn_module, "panel_grid", lambda rows, columns: shown.append(rows))
+    ev, state, bank, bank_labels, queries, query_labels = knn_case(jax.devices()[:num_devices])
+    ev.run(state)
+    ev.pictures(state, 3)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    nearest = np.argsort(-unit(queries[:3]) @ unit(bank).T, axis=1, kind="stable")[:, :5]
+    (rows,) = shown
+    assert len(rows) == 3
+    for q, (label, panels) in enumerate(rows):
+        # each panel is uniform grey: the query's id (100 + q), then its neighbours' bank rows
+        ids = [int(p[0, 0, 0]) for p in panels]
+        assert ids == [100 + q] + list(nearest[q])
+        same = int((bank_labels[nearest[q]] == query_labels[q]).sum())
+        assert label == f"{query_labels[q]} {same}/5"
 
 
 def test_k_above_the_rows_of_a_device():

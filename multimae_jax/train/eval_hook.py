@@ -4,7 +4,8 @@ TensorBoard as '<name>/<metric>' and to WORKDIR/metrics.json; its pictures to
 WORKDIR/pictures/<name>_step_<step>.png; and the state that improves its official criterion
 (`best_key`: val mIoU for segmentation, val loss for depth) is kept in
 WORKDIR/best_<name>/checkpoints/<step>/ (one checkpoint, the format of
-`multimae_jax.checkpoint_format`: best_<name> reads like a workdir). A resumed run reads the best values so far back from metrics.json.
+`multimae_jax.checkpoint_format`: best_<name> reads like a workdir). A resumed run reads the
+best values so far back from metrics.json.
 """
 import json
 import os
@@ -80,10 +81,8 @@ class EvalHook:
                               if improved else ""))
                 for k, v in results.items():
                     self.writer.add_scalar(f"{name}/{k}", v, step)
-                if picture is not None:  # k-NN draws none
-                    self.writer.add_image(f"{name}/predictions", picture, step,
-                                          dataformats="HWC")
-                    save_png(picture, self.workdir / "pictures" / f"{name}_step_{step:07d}.png")
+                self.writer.add_image(f"{name}/predictions", picture, step, dataformats="HWC")
+                save_png(picture, self.workdir / "pictures" / f"{name}_step_{step:07d}.png")
         if done and self.is_main:
             self.history = [e for e in self.history if e["step"] != step] + [{"step": step, **done}]
             write_json(self.workdir / METRICS, self.history)

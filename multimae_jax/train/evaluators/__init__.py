@@ -1,6 +1,6 @@
 """Evaluators in the style of big_vision: `config.evals.<name> = dict(type=..., every=...,
 data=..., <the evaluator's fields>)`, each built into an object with `run(state) -> {metric:
-float}`, `pictures(state, n) -> uint8 (H, W, 3)` (or None: k-NN) and the official
+float}`, `pictures(state, n) -> uint8 (H, W, 3)` and the official
 best-checkpoint criterion (`best_key`, `higher_is_better`, `improves`). They run during training
 and stand-alone.
 

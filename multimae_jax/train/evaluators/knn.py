@@ -8,6 +8,11 @@ batch is compared with every device's rows at once (`shard_map`): each device ke
 best (all its rows if it has fewer), and the k best of those candidates vote. Nothing is gathered
 on one host, and the counts are the same on any number of devices and processes (up to ties in
 similarity).
+
+The picture (`pictures`, after `run`) shows the first queries of the first query batch beside
+their NEIGHBOURS most similar reference images, found during the bank's pass: each reference
+batch's best candidates are merged on the devices, so no second pass over the reference data is
+needed.
 """
 from __future__ import annotations
 
@@ -15,13 +20,17 @@ from typing import Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from multimae_jax import metrics
-from multimae_jax.train.evaluators.base import DenseEvaluator
+from multimae_jax.train.evaluators.base import DenseEvaluator, _input_panel
 from multimae_jax.train.sharding import AXES, replicated
+from multimae_jax.train.visualize import panel_grid
 
 POOLS = ("mean", "global")
+SHOWN_QUERIES = 4  # rows of the picture
+NEIGHBOURS = 5  # neighbours drawn per query
 
 
 class KnnEvaluator(DenseEvaluator):
@@ -33,7 +42,7 @@ class KnnEvaluator(DenseEvaluator):
     batches / reference_batches: () -> fresh iterators over the process-local query / reference
       batches, each with the image `picture_input`, `target` int labels (B,) and 'valid' (B,).
     `run` -> {'acc1', 'acc5' (percent; top-5 of min(5, k) classes as DINO), 'samples' (the
-    queries)}; best checkpoint: the largest acc1.
+    queries)}; best checkpoint: the largest acc1. `pictures` draws what the last `run` found.
     """
     best_key = "acc1"
     higher_is_better = True
@@ -54,6 +63,9 @@ class KnnEvaluator(DenseEvaluator):
         self._bank_rows = jax.jit(self._features_and_labels, out_shardings=self.sharding)
         self._concat = jax.jit(lambda *parts: jnp.concatenate(parts), out_shardings=self.sharding)
         self._query = jax.jit(self._query_stats, out_shardings=replicated(mesh))
+        self._shown_queries = jax.jit(self._shown_query_rows, out_shardings=replicated(mesh))
+        self._merge = jax.jit(self._merge_neighbours, out_shardings=replicated(mesh))
+        self._picture = None  # (params of the last run, its neighbours)
 
     def _features(self, params, buffers, batch) -> jax.Array:
         """(traced) L2-normalised pooled features float32 (B, D)."""
@@ -69,7 +81,9 @@ class KnnEvaluator(DenseEvaluator):
 
     def run(self, state: Mapping) -> dict[str, float]:
         params, buffers = state["params"], state.get("buffers", {})
-        bank = self._bank(params, buffers)
+        shown = self._shown_queries(params, buffers, self._global(next(iter(self.batches()))))
+        bank, neighbours = self._bank(params, buffers, shown)
+        self._picture = (params, jax.device_get({**shown, **neighbours}))
         results = [jax.device_get(self._query(params, buffers, bank, self._global(local)))
                    for local in self.batches()]
         samples = sum(int(r["samples"]) for r in results)
@@ -79,12 +93,21 @@ class KnnEvaluator(DenseEvaluator):
                 "acc5": 100.0 * sum(int(r["correct5"]) for r in results) / samples,
                 "samples": float(samples)}
 
-    def _bank(self, params, buffers) -> tuple[jax.Array, jax.Array]:
-        """The reference features (R, D) and labels (R,) (-1: padding), rows split over the
-        mesh; R = the reference batches' rows."""
+    def _bank(self, params, buffers, shown: dict) -> tuple[tuple[jax.Array, jax.Array], dict]:
+        """((the reference features (R, D) and labels (R,) (-1: padding), rows split over the
+        mesh; R = the reference batches' rows), the shown queries' neighbours
+        (`_merge_neighbours`))."""
         features, labels = [], []
+        n, (size, channels) = shown["features"].shape[0], shown["input"].shape[2:4]
+        neighbours = {"similarity": jnp.full((n, NEIGHBOURS), -jnp.inf),
+                      "label": jnp.full((n, NEIGHBOURS), -1, jnp.int32),
+                      "image": jnp.zeros((n, NEIGHBOURS, size, size, channels),
+                                         shown["input"].dtype)}
         for local in self.reference_batches():
-            f, lab = self._bank_rows(params, buffers, self._global(local))
+            batch = self._global(local)
+            f, lab = self._bank_rows(params, buffers, batch)
+            neighbours = self._merge(neighbours, shown["features"], f, lab,
+                                     batch[self.picture_input])
             features.append(f)
             labels.append(lab)
         if not features:
@@ -93,7 +116,29 @@ class KnnEvaluator(DenseEvaluator):
         if rows < self.k:
             raise ValueError(f"config.evals.{self.name}: k={self.k} exceeds the {rows} "
                              "reference rows; use more reference samples or a smaller k")
-        return self._concat(*features), self._concat(*labels)
+        return (self._concat(*features), self._concat(*labels)), neighbours
+
+    def _shown_query_rows(self, params, buffers, batch) -> dict:
+        """(traced) The picture's queries, the first SHOWN_QUERIES of a global batch:
+        'features' (n, D), 'input', 'target', 'valid'."""
+        n = SHOWN_QUERIES
+        return {"features": self._features(params, buffers, batch)[:n],
+                "input": batch[self.picture_input][:n], "target": batch[self.target][:n],
+                "valid": batch["valid"][:n].astype(bool)}
+
+    @staticmethod
+    def _merge_neighbours(best: dict, queries, features, labels, images) -> dict:
+        """(traced) The NEIGHBOURS most similar rows of the shown queries (n, D) among `best`
+        ({'similarity' (n, K), 'label' (n, K), 'image' (n, K, S, S, C)}) and one reference
+        batch (features (B, D), labels (B,) with -1 for padding, images (B, S, S, C))."""
+        sims = jnp.where(labels[None, :] >= 0, queries @ features.T, -jnp.inf)
+        values, index = jax.lax.top_k(sims, min(NEIGHBOURS, labels.shape[0]))
+        similarity = jnp.concatenate([best["similarity"], values], axis=1)
+        label = jnp.concatenate([best["label"], labels[index]], axis=1)
+        image = jnp.concatenate([best["image"], images[index]], axis=1)
+        similarity, keep = jax.lax.top_k(similarity, NEIGHBOURS)
+        return {"similarity": similarity, "label": jnp.take_along_axis(label, keep, axis=1),
+                "image": jnp.take_along_axis(image, keep[..., None, None, None], axis=1)}
 
     def _query_stats(self, params, buffers, bank, batch) -> dict:
         """(traced) One query batch against the bank: int32 counts {'correct1', 'correct5',
@@ -121,6 +166,24 @@ class KnnEvaluator(DenseEvaluator):
         return {"correct1": correct["top1"], "correct5": correct[f"top{top5}"],
                 "samples": valid.sum()}
 
-    def pictures(self, state: Mapping, n: int) -> None:
-        """k-NN draws no pictures."""
-        return None
+    def pictures(self, state: Mapping, n: int) -> np.ndarray:
+        """Each of the first min(n, SHOWN_QUERIES) real queries of the first query batch, then
+        its NEIGHBOURS nearest reference images, most similar first; the row label: the
+        query's class and how many neighbours share it. uint8 (H, W, 3)
+        (visualize.panel_grid); from the last `run` of these params (one more run otherwise),
+        whose neighbours are then released."""
+        if self._picture is None or self._picture[0] is not state["params"]:
+            self.run(state)
+        shown, self._picture = self._picture[1], None
+        rows = []
+        for i in np.flatnonzero(shown["valid"][:n]):
+            panels = [_input_panel(shown["input"][i])]
+            panels += [_input_panel(image) for image, label in
+                       zip(shown["image"][i], shown["label"][i]) if label >= 0]
+            target, found = int(shown["target"][i]), shown["label"][i]
+            rows.append((f"{target} {int((found == target).sum())}/{int((found >= 0).sum())}",
+                         tuple(np.round(p * 255).astype(np.uint8) for p in panels)))
+        if not rows:
+            raise ValueError(f"config.evals.{self.name}: no real query among the first {n} of "
+                             "the first query batch to draw")
+        return panel_grid(rows, ("query",) + tuple(f"#{j + 1}" for j in range(NEIGHBOURS)))
