@@ -13,7 +13,7 @@ crop 224, the best epoch kept.
 Features: head.pool 'mean' (all tokens, the global one included) or 'global' (the global token).
 MAE reads its cls token (or the mean of the patch tokens) after the encoder's final LayerNorm;
 MultiViT has no final LayerNorm, so the BatchNorm sees the last block's tokens. MAE's BatchNorm
-statistics are per GPU; here they are the global batch's. The crop is MAE's (util/crop.py: one
+statistics are per GPU; here they are the global batch's, or per slice with head.bn_groups. The crop is MAE's (util/crop.py: one
 draw of area and aspect, each side clamped to the image; augment.crop_draw='mae').
 
 Inputs: rgb by default; any subset of the pre-training modalities with
@@ -30,7 +30,9 @@ from configs import finetune_cls
 def get_config(variant: str = "in1k") -> ml_collections.ConfigDict:
     c = finetune_cls.get_config(variant)
     c.objective = "linear_probe"
-    c.head = ml_collections.ConfigDict(dict(pool="mean"))
+    # bn_groups: the BatchNorm's statistics per that many equal slices of the batch, the running
+    # ones from the first (MAE's per-GPU BatchNorm on 32 GPUs: 32); 1: the global batch's
+    c.head = ml_collections.ConfigDict(dict(pool="mean", bn_groups=1))
     c.model.drop_path_rate = 0.0
     c.train.compute_dtype = "float32"
     o = c.optimizer

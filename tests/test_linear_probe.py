@@ -103,6 +103,7 @@ def test_the_step_follows_maes_schedule():
     ({"head.pool": "cls"}, "config.head.pool='cls'"),
     ({"optimizer.schedule": "step"}, "config.optimizer.schedule='step'"),
     ({"optimizer.momentum": 1.0}, "config.optimizer.momentum=1.0"),
+    ({"head.bn_groups": 3}, "config.head.bn_groups=3: each micro-batch of 8"),
 ])
 def test_bad_configs_are_named(override, message):
     with pytest.raises(ConfigError, match=message):

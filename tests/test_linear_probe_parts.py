@@ -117,6 +117,25 @@ def test_torch_batchnorm_equals_batchnorm1d(arrays, meta):
     assert bn.apply({"buffers": buffers}, x0.astype(jnp.bfloat16), train=False).dtype == jnp.float32
 
 
+def test_grouped_batchnorm_is_torchs_on_each_gpu(arrays):
+    """groups=2 as two GPUs: the first slice is what torch made of it alone (output and the
+    running statistics it updates), the second normalised by its own statistics."""
+    first, second = arrays["bn/train/0/x"], arrays["bn/eval/x"]  # 4 rows each
+    bn = TorchBatchNorm(groups=2)
+    x = jnp.asarray(np.concatenate([first, second]))
+    variables = bn.init(jax.random.key(0), x, train=True)
+    y, mutated = bn.apply(variables, x, train=True, mutable=["buffers"])
+    np.testing.assert_allclose(y[:4], arrays["bn/train/0/y"], rtol=1e-6, atol=2e-6)
+    for k in ("running_mean", "running_var"):
+        np.testing.assert_allclose(mutated["buffers"][k], arrays[f"bn/train/0/{k}"], rtol=1e-6,
+                                   atol=1e-7)
+    # the second slice: standardised on its own (feature 4's variance is of the order of eps)
+    np.testing.assert_allclose(np.asarray(y[4:]).mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(y[4:, :4]).var(0), 1.0, rtol=1e-4)
+    with pytest.raises(ValueError, match="groups=3 slices"):
+        bn.clone(groups=3).apply(variables, x, train=True, mutable=["buffers"])
+
+
 def test_flax_batchnorm_is_not_torch_equivalent(arrays):
     """What TorchBatchNorm is for: flax's BatchNorm keeps the biased variance."""
     import flax.linen as nn

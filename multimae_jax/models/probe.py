@@ -38,11 +38,14 @@ class TorchBatchNorm(nn.Module):
     returned in float32 whatever the input dtype.
 
     The statistics are over the whole (B, D) array the module sees, so under a data-parallel
-    `jit` over a global batch they are the global batch's (torch's is per GPU: MAE's linear
-    probing uses a plain BatchNorm1d, not SyncBatchNorm).
+    `jit` over a global batch they are the global batch's. torch's are per GPU (MAE's linear
+    probing uses a plain BatchNorm1d, not SyncBatchNorm): `groups` G > 1 mimics G GPUs, each of
+    the G equal slices of the batch normalised with its own statistics, and the running
+    statistics those of the first slice (rank 0's, the ones MAE's checkpoint saves).
     """
     epsilon: float = 1e-6
     momentum: float = 0.1
+    groups: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -52,19 +55,21 @@ class TorchBatchNorm(nn.Module):
         batch, dim = x.shape
         running_mean = self.variable(BUFFERS, "running_mean", jnp.zeros, (dim,), jnp.float32)
         running_var = self.variable(BUFFERS, "running_var", jnp.ones, (dim,), jnp.float32)
-        if train:
-            if batch < 2:  # torch: "Expected more than 1 value per channel when training"
-                raise ValueError(f"TorchBatchNorm: train mode needs more than 1 sample, "
-                                 f"got {batch}")
-            mean = x.mean(axis=0)
-            var = jnp.square(x - mean).mean(axis=0)  # biased: normalises the batch
-            if not self.is_initializing():
-                m = self.momentum
-                running_mean.value = (1 - m) * running_mean.value + m * mean
-                running_var.value = (1 - m) * running_var.value + m * var * (batch / (batch - 1))
-        else:
+        if not train:
             mean, var = running_mean.value, running_var.value
-        return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+            return (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        size = batch // self.groups
+        if batch % self.groups or size < 2:  # torch: "Expected more than 1 value per channel"
+            raise ValueError(f"TorchBatchNorm: train mode needs groups={self.groups} slices of "
+                             f"more than 1 sample each, got a batch of {batch}")
+        slices = x.reshape(self.groups, size, dim)
+        mean = slices.mean(axis=1, keepdims=True)
+        var = jnp.square(slices - mean).mean(axis=1, keepdims=True)  # biased: normalises
+        if not self.is_initializing():
+            m = self.momentum
+            running_mean.value = (1 - m) * running_mean.value + m * mean[0, 0]
+            running_var.value = (1 - m) * running_var.value + m * var[0, 0] * (size / (size - 1))
+        return ((slices - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(batch, dim)
 
 
 class LinearProbeHead(nn.Module):
@@ -85,6 +90,7 @@ class LinearProbeHead(nn.Module):
     """
     num_classes: int
     pool: str = "mean"
+    bn_groups: int = 1  # TorchBatchNorm.groups: > 1 mimics per-GPU statistics
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -97,6 +103,6 @@ class LinearProbeHead(nn.Module):
             x = encoder_tokens[:, -1]
         else:
             raise ValueError(f"LinearProbeHead.pool: 'mean' or 'global', got {self.pool!r}")
-        x = TorchBatchNorm(name="bn")(x, train)
+        x = TorchBatchNorm(groups=self.bn_groups, name="bn")(x, train)
         return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=trunc_normal_01,
                         bias_init=nn.initializers.zeros, name="head")(x)

@@ -37,6 +37,7 @@ class LinearProbeObjective(ClassifyObjective):
     @staticmethod
     def head(config):
         return LinearProbeHead(config.target.num_classes, pool=config.head.pool,
+                               bn_groups=config.head.bn_groups,
                                dtype=DTYPES[config.train.compute_dtype])
 
     @property

@@ -75,6 +75,11 @@ def validate_classify(config, error) -> None:
                         f"config.optimizer.trust_coefficient={o.trust_coefficient} > 0 (LARS)")
         if c.head.pool not in POOLS:
             raise error(f"config.head.pool={c.head.pool!r}: expected one of {POOLS}")
+        micro = c.data.global_batch_size // c.train.grad_accum_steps
+        if c.head.bn_groups < 1 or micro % c.head.bn_groups or micro // c.head.bn_groups < 2:
+            raise error(f"config.head.bn_groups={c.head.bn_groups}: each micro-batch of {micro} "
+                        "must split into that many slices of at least 2 samples (the "
+                        "BatchNorm's statistics per slice)")
     m = c.mixup
     if m.mixup_alpha > 0 or m.cutmix_alpha > 0:
         micro = c.data.global_batch_size // c.train.grad_accum_steps
