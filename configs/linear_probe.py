@@ -13,8 +13,9 @@ crop 224, the best epoch kept.
 Features: head.pool 'mean' (all tokens, the global one included) or 'global' (the global token).
 MAE reads its cls token (or the mean of the patch tokens) after the encoder's final LayerNorm;
 MultiViT has no final LayerNorm, so the BatchNorm sees the last block's tokens. MAE's BatchNorm
-statistics are per GPU; here they are the global batch's, or per slice with head.bn_groups. The crop is MAE's (util/crop.py: one
-draw of area and aspect, each side clamped to the image; augment.crop_draw='mae').
+statistics are per GPU; here they are the global batch's, or per slice with head.bn_groups.
+The crop is MAE's (util/crop.py: one draw of area and aspect, each side clamped to the image;
+augment.crop_draw='mae').
 
 Inputs: rgb by default; any subset of the pre-training modalities with
 --config.model.input_tasks='("rgb","depth")' (each input adapter loaded from the checkpoint and
