@@ -164,8 +164,8 @@ def test_objective_erases_after_normalising_and_before_mixing(monkeypatch):
         return x + 1.0, jax.nn.one_hot(labels, objective.config.target.num_classes)
 
     def fake_logits(params, buffers, x, key, train):  # no model: its input recorded
-        seen["model"] = np.asarray(x)
-        return jnp.zeros((x.shape[0], objective.config.target.num_classes))
+        seen["model"] = np.asarray(x["rgb"])
+        return jnp.zeros((x["rgb"].shape[0], objective.config.target.num_classes))
 
     monkeypatch.setattr(mixup, "mix_batch", recording_mix)
     monkeypatch.setattr(objective, "_logits", fake_logits)
