@@ -200,8 +200,8 @@ class ClassifyRecipe:
         return row
 
     def _blank(self, modality: Modality) -> np.ndarray:
-        """A stand-in row of `modality`: what the evaluation transform makes of a small
-        image (its shape and dtype)."""
+        """A stand-in row of `modality` with the shape and dtype of a real one: what the
+        evaluation transform makes of an S x S image of zeros."""
         s = self.image_size
         shape = (s, s) + ((3,) if modality.storage == "rgb8" else ())
         dtype = {"rgb8": np.uint8, "uint8": np.uint8, "uint16": np.uint16,
