@@ -103,6 +103,17 @@ def test_picture_shows_the_nearest_reference_images(num_devices, monkeypatch):
         assert label == f"{query_labels[q]} {same}/5"
 
 
+def test_each_set_is_read_once_per_run():
+    ev, state, *_ = knn_case(jax.devices()[:1])
+    opened = []
+    for attr in ("batches", "reference_batches"):
+        make = getattr(ev, attr)
+        setattr(ev, attr, lambda make=make, attr=attr: opened.append(attr) or make())
+    ev.run(state)
+    ev.pictures(state, 2)  # drawn from the run: nothing read again
+    assert sorted(opened) == ["batches", "reference_batches"]
+
+
 def test_k_above_the_rows_of_a_device():
     # 48 padded rows over 8 devices: 6 per device, fewer than k
     got, (top1, top5) = run_knn(jax.devices()[:8], k=20)

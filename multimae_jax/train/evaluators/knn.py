@@ -16,6 +16,7 @@ needed.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Iterator, Mapping
 
 import jax
@@ -81,11 +82,15 @@ class KnnEvaluator(DenseEvaluator):
 
     def run(self, state: Mapping) -> dict[str, float]:
         params, buffers = state["params"], state.get("buffers", {})
-        shown = self._shown_queries(params, buffers, self._global(next(iter(self.batches()))))
+        # one pass over the queries: the first batch, read before the bank for the picture's
+        # queries, is kept for the vote
+        queries = map(self._global, self.batches())
+        first = next(queries)
+        shown = self._shown_queries(params, buffers, first)
         bank, neighbours = self._bank(params, buffers, shown)
         self._picture = (params, jax.device_get({**shown, **neighbours}))
-        results = [jax.device_get(self._query(params, buffers, bank, self._global(local)))
-                   for local in self.batches()]
+        results = [jax.device_get(self._query(params, buffers, bank, batch))
+                   for batch in itertools.chain([first], queries)]
         samples = sum(int(r["samples"]) for r in results)
         if not samples:
             raise ValueError(f"config.evals.{self.name}: the query data has no real sample")
