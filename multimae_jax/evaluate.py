@@ -32,7 +32,7 @@ from multimae_jax.train.eval_hook import format_table, write_json
 from multimae_jax.train.objectives import make_objective
 from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
-from multimae_jax.train.visualize import save_png
+from multimae_jax.viz import save_png
 
 
 class CheckpointMismatchError(ValueError):

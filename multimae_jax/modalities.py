@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Mapping
 
+from multimae_jax.label_sets import LABEL_SETS
+
 KINDS = ("image", "labels")
 STORAGES = ("rgb8", "uint8", "uint16", "labels", "npy")
 RESAMPLES = ("bicubic", "nearest")
@@ -46,6 +48,9 @@ class Modality:
       that modality's tokens. None: the modality itself (read from disk).
     draw: 'image' (undo mean/std, clip to [0, 1]), 'colormap' (one channel, the target's
       min..max), 'labels' (a fixed palette), 'patches' (each patch min..max; norm_pix outputs).
+    label_set: for labels, a name in `label_sets.LABEL_SETS` (class names and colours for
+      pictures and legends); used only while num_classes equals its size (a run that changes
+      the classes gets the generated palette).
     """
     name: str
     kind: str = "image"
@@ -64,6 +69,7 @@ class Modality:
     norm_pix: bool = False
     target: str | None = None
     draw: str = "image"
+    label_set: str | None = None
 
     def __post_init__(self):
         for field, allowed in (("kind", KINDS), ("storage", STORAGES), ("resample", RESAMPLES),
@@ -76,6 +82,9 @@ class Modality:
         for field in ("mean", "std"):  # lists from JSON or a config -> hashable tuples
             if getattr(self, field) is not None:
                 object.__setattr__(self, field, tuple(float(v) for v in getattr(self, field)))
+        if self.label_set is not None and self.label_set not in LABEL_SETS:
+            raise ValueError(f"modality '{self.name}': label_set={self.label_set!r}, expected "
+                             f"one of {sorted(LABEL_SETS)} or None")
         if self.kind == "labels" and self.num_classes <= 0:
             raise ValueError(f"modality '{self.name}': labels need num_classes > 0")
         if self.kind == "labels" and self.storage not in ("labels", "npy"):
@@ -134,7 +143,8 @@ MODALITIES = {m.name: m for m in (
     Modality("depth", channels=1, storage="uint16", resample="bicubic", standardize=True,
              loss="l1", draw="colormap"),
     Modality("semseg", kind="labels", channels=1, num_classes=133, stride_level=4,
-             storage="labels", resample="nearest", loss="cross_entropy", draw="labels"),
+             storage="labels", resample="nearest", loss="cross_entropy", draw="labels",
+             label_set="coco-panoptic"),
     Modality("norm_rgb", channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, loss="mse",
              norm_pix=True, target="rgb", draw="patches"),
 )}

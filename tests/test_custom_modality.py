@@ -17,7 +17,7 @@ from multimae_jax.data.pack import pack
 from multimae_jax.data.transforms import prepare_batch
 from multimae_jax.modalities import Modality
 from multimae_jax.train.loop import train
-from multimae_jax.train.visualize import reconstruction_grid
+from multimae_jax.viz import reconstruction_grid
 from train_helpers import small_config
 
 NORMALS = Modality("normals", channels=3, storage="uint8", write_ext=".png", resample="bicubic",

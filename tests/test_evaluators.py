@@ -15,7 +15,7 @@ import pytest
 from multimae_jax.modalities import NYU_DEPTH_MEAN, NYU_DEPTH_STD
 from multimae_jax.train import evaluators as ev
 from multimae_jax.train.sharding import make_mesh
-from multimae_jax.train.visualize import HEADER_HEIGHT, LABEL_WIDTH, PAD, palette
+from multimae_jax.viz import HEADER_HEIGHT, LABEL_WIDTH, PAD, palette
 
 S, B, K = 8, 8, 3  # image size, global batch, classes (+ 1 void label / channel)
 REAL = (8, 8, 3)  # real samples per batch; the last batch is padded to B

@@ -1,4 +1,5 @@
-"""Packaging: running a model needs no input pipeline or training code; tfds is an extra."""
+"""Packaging: running a model (and the inference and picture layer) needs no input pipeline or
+training code; tfds is an extra."""
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ MODEL_ONLY = """
 import json, sys
 import jax
 import multimae_jax as mm
+import multimae_jax.inference, multimae_jax.viz  # the notebooks' layer
 from multimae_jax.models.spec import example_inputs
 
 model = mm.multivit("base", ("rgb",), dim_tokens=32, depth=1, num_heads=2, image_size=32)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from multimae_jax import checkpoint_format as fmt
 from multimae_jax import integrity
 from multimae_jax.train.checkpoint import CHECKSUMS
-from multimae_jax.train.visualize import save_png
+from multimae_jax.viz import save_png
 
 METRICS = "metrics.json"
 

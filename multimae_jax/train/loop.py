@@ -28,7 +28,7 @@ from multimae_jax.train.objectives import make_objective
 from multimae_jax.train.optimizer import warmup_steps
 from multimae_jax.train.step import Trainer
 from multimae_jax.train.validate import ConfigError, validate
-from multimae_jax.train.visualize import save_png
+from multimae_jax.viz import save_png
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "numpy", "multimae-jax")
 

@@ -24,7 +24,7 @@ from multimae_jax.train import task_balancing
 from multimae_jax.train.features import knn_evaluators
 from multimae_jax.train.optimizer import make_optimizer, scaled_lr
 from multimae_jax.train.step import DTYPES, Trainer
-from multimae_jax.train.visualize import reconstruction_grid
+from multimae_jax.viz import reconstruction_grid
 
 
 def config_modalities(config) -> tuple[dict, dict, dict]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from multimae_jax.data.pipeline import global_batch
 from multimae_jax.train.sharding import batch_sharding, replicated
-from multimae_jax.train.visualize import panel_grid, shared_scale
+from multimae_jax.viz import panel_grid, shared_scale
 
 PredictFn = Callable[[dict, dict, dict], "jax.Array | Mapping[str, jax.Array]"]
 
@@ -123,7 +123,7 @@ class DenseEvaluator:
     def pictures(self, state: Mapping, n: int) -> np.ndarray:
         """input | prediction | ground truth of the first n real samples of the first batch:
         uint8 (HEADER_HEIGHT + n * (S + PAD), LABEL_WIDTH + 3 * (S + PAD), 3) (fewer rows when
-        the batch has fewer real samples; visualize.panel_grid's layout)."""
+        the batch has fewer real samples; viz.panel_grid's layout)."""
         batch = self._global(next(iter(self.batches())))
         shown = jax.device_get(self._shown(state["params"], state.get("buffers", {}), batch, n))
         rows = []

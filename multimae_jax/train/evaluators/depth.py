@@ -8,7 +8,7 @@ import numpy as np
 from multimae_jax import losses, metrics
 from multimae_jax.modalities import NYU_DEPTH_MEAN, NYU_DEPTH_STD
 from multimae_jax.train.evaluators.base import DenseEvaluator
-from multimae_jax.train.visualize import shared_scale
+from multimae_jax.viz import shared_scale
 
 # run_finetuning_depth.py: main, --loss
 DEPTH_LOSSES = {"berhu": losses.dense_berhu, "l1": losses.dense_l1}

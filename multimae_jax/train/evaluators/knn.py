@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from multimae_jax import metrics
 from multimae_jax.train.evaluators.base import DenseEvaluator, _input_panel
 from multimae_jax.train.sharding import AXES, replicated
-from multimae_jax.train.visualize import panel_grid
+from multimae_jax.viz import panel_grid
 
 POOLS = ("mean", "global")
 SHOWN_QUERIES = 4  # rows of the picture
@@ -175,7 +175,7 @@ class KnnEvaluator(DenseEvaluator):
         """Each of the first min(n, SHOWN_QUERIES) real queries of the first query batch, then
         its NEIGHBOURS nearest reference images, most similar first; the row label: the
         query's class and how many neighbours share it. uint8 (H, W, 3)
-        (visualize.panel_grid); from the last `run` of these params (one more run otherwise),
+        (viz.panel_grid); from the last `run` of these params (one more run otherwise),
         whose neighbours are then released."""
         if self._picture is None or self._picture[0] is not state["params"]:
             self.run(state)

@@ -8,7 +8,7 @@ import numpy as np
 from multimae_jax import metrics
 from multimae_jax.losses import dense_cross_entropy
 from multimae_jax.train.evaluators.base import DenseEvaluator
-from multimae_jax.train.visualize import paint_labels
+from multimae_jax.viz import paint_labels
 
 _INT32 = np.iinfo(np.int32)
 
@@ -26,7 +26,7 @@ class SemsegEvaluator(DenseEvaluator):
 
     Labels outside {0..num_classes, 255} in real samples are an error naming the values (checked
     on the global batch, so every process raises together). Pictures: prediction and ground
-    truth through `visualize.palette`, ignored ground-truth pixels black in both (as the
+    truth through `viz.palette`, ignored ground-truth pixels black in both (as the
     official `log_semseg_wandb`).
     """
     best_key = "mean_iou"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD
-from multimae_jax.train import visualize as vis
+from multimae_jax.modalities import IMAGENET_MEAN, IMAGENET_STD, MODALITIES
+from multimae_jax import viz as vis
 
 S, B, C = 32, 3, 5  # image size, batch, semseg classes; patch 16 -> 2 x 2 = 4 patches
 TASKS = ("rgb", "depth", "semseg", "norm_rgb")
@@ -110,3 +110,40 @@ def test_save_png_round_trip(tmp_path):
     vis.save_png(image, path)
     np.testing.assert_array_equal(np.asarray(Image.open(path)), image)
     assert sorted(p.name for p in path.parent.iterdir()) == ["grid.png"]
+
+
+def test_semseg_uses_the_coco_panoptic_colours_with_a_legend_of_the_classes_shown():
+    semseg = MODALITIES["semseg"]
+    colours, names = vis.class_table(semseg)
+    assert (len(names), names[0], names[80], names[132]) == (133, "person", "banner",
+                                                            "rug-merged")
+    np.testing.assert_array_equal(np.round(colours[[0, 132]] * 255), [[220, 20, 60],
+                                                                      [250, 141, 255]])
+    other, no_names = vis.class_table(semseg, 40)  # a run with other classes: no label set
+    assert no_names is None
+    np.testing.assert_array_equal(other, vis.palette(40))
+    strip = vis.legend(np.array([[132, 0], [0, 999]]), colours, names, width=300)
+    entry_w, entry_h = vis.LEGEND_ENTRY
+    assert strip.shape == (entry_h + vis.PAD, 300, 3)  # two entries in one row of two columns
+    np.testing.assert_array_equal(strip[vis.PAD + 6, 7], [220, 20, 60])  # person first
+    np.testing.assert_array_equal(strip[vis.PAD + 6, entry_w + 7], [250, 141, 255])
+
+
+def test_the_demo_grid_and_the_modality_figure_carry_the_legend():
+    inputs = {"rgb": np.zeros((1, S, S, 3), np.float32),
+              "depth": np.zeros((1, S, S, 1), np.float32),
+              "semseg": np.zeros((1, S // 4, S // 4), np.int32)}
+    preds = {"rgb": inputs["rgb"], "depth": inputs["depth"],
+             "semseg": np.zeros((1, S // 4, S // 4, 133), np.float32)}
+    preds["semseg"][..., 5] = 1  # predicts class 5 (airplane), the target is 0 (person)
+    masks = {t: np.ones((1, 4), np.int32) for t in inputs}
+    grid = vis.reconstruction_grid(inputs, preds, masks, num_samples=1)
+    rows = vis.panel_grid(vis.reconstruction_panels(inputs, preds, masks, num_samples=1))
+    # person and airplane, one column of 128 pixels fits in the width
+    assert grid.shape == (rows.shape[0] + 2 * vis.LEGEND_ENTRY[1] + vis.PAD,) + rows.shape[1:]
+    np.testing.assert_array_equal(grid[:rows.shape[0]], rows)
+    figure = vis.modality_figure(inputs, ("rgb", "depth", "semseg"))
+    assert figure.shape[1] == vis.LABEL_WIDTH + 3 * (S + vis.PAD)
+    semseg_panel = figure[vis.HEADER_HEIGHT:vis.HEADER_HEIGHT + S,
+                          vis.LABEL_WIDTH + 2 * (S + vis.PAD):][:, :S]
+    assert (semseg_panel == [220, 20, 60]).all()  # class 0 in its COCO colour

@@ -1,5 +1,9 @@
-"""Reconstruction figures as in the MultiMAE paper and the official demo (`MultiMAE_Demo.ipynb`:
-`get_masked_image`, `get_pred_with_input`, `plot_predictions`).
+"""Pictures for training, evaluation and the notebooks (numpy and PIL only: importing this never
+imports the training or data stack).
+
+Reconstruction figures as in the MultiMAE paper and the official demo (`MultiMAE_Demo.ipynb`:
+`get_masked_image`, `get_pred_with_input`, `plot_predictions`): with one sample, the demo's 3 x 3
+grid.
 
 For each shown sample and each predicted modality, one row of three panels:
 masked input (masked patches grey) | prediction with the visible patches pasted back from the input
@@ -7,9 +11,11 @@ masked input (masked patches grey) | prediction with the visible patches pasted 
 row ("<sample> <task>") and a header names the columns.
 
 Rendering follows each modality's `draw`: 'image' (rgb) de-normalised with its mean/std and
-clipped to [0, 1]; 'colormap' (depth) through a viridis-like colour map scaled by the min/max of
-the sample's target, so prediction and target share one scale; 'labels' (semseg) through a fixed
-palette (argmax of the logits), upsampled by the stride level (nearest); 'patches' (norm_rgb,
+clipped to [0, 1]; 'colormap' (depth) through viridis (perceptually uniform) scaled by the
+min/max of the sample's target, so prediction and target share one scale; 'labels' (semseg)
+through the modality's label set (COCO-panoptic colours, with a legend of the classes shown under
+the figure) or else a generated palette (argmax of the logits), upsampled by the stride level
+(nearest); 'patches' (norm_rgb,
 per-patch standardised) with a per-patch min-max, its target being the per-patch min-max of the
 rgb input (the same picture as that of its standardised patches: standardisation is affine per
 patch).
@@ -23,6 +29,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
+from multimae_jax.label_sets import LABEL_SETS
 from multimae_jax.modalities import Modality, resolve
 
 GREY = 0.5  # colour of masked patches
@@ -46,16 +53,29 @@ def palette(num_classes: int) -> np.ndarray:
                                          1.0 - 0.25 * (k % 3)) for k in range(num_classes)])
 
 
+def class_table(mod: Modality, num_classes: int | None = None
+                ) -> tuple[np.ndarray, tuple[str, ...] | None]:
+    """A labels modality's (colours (C, 3) float in [0, 1], class names or None) for C =
+    `num_classes` (default the modality's): its label set when that has exactly C classes,
+    else `palette(C)` without names."""
+    count = num_classes or mod.num_classes
+    table = LABEL_SETS.get(mod.label_set or "", ())
+    if len(table) != count:
+        return palette(count), None
+    return np.array([colour for _, colour in table]) / 255.0, tuple(n for n, _ in table)
+
+
 def _colormap(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """(H, W, 1) values -> (H, W, 3) viridis colours, lo -> dark, hi -> yellow (clipped)."""
     t = np.clip((x[..., 0] - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
     return _LUT[np.round(t * 255).astype(np.int64)]
 
 
-def paint_labels(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(H, W) int labels -> (H, W, 3) float `palette(num_classes)` colours; labels outside
-    [0, num_classes) (void, ignore) black."""
-    colours = palette(num_classes)
+def paint_labels(labels: np.ndarray, num_classes: int,
+                 colours: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) int labels -> (H, W, 3) float colours (`colours` (C, 3), default
+    `palette(num_classes)`); labels outside [0, num_classes) (void, ignore) black."""
+    colours = palette(num_classes) if colours is None else colours
     valid = (labels >= 0) & (labels < num_classes)
     return np.where(valid[..., None], colours[np.clip(labels, 0, num_classes - 1)], 0.0)
 
@@ -96,8 +116,11 @@ def _render(mod: Modality, target: np.ndarray, pred: np.ndarray, patch_size: int
     pred: the decoder output ((S, S, C), or (S/s, S/s, classes) logits).
     """
     if mod.draw == "labels":
+        count = num_classes or pred.shape[-1]
+        colours = class_table(mod, count)[0]
+
         def paint(labels):
-            img = paint_labels(labels, num_classes or pred.shape[-1])
+            img = paint_labels(labels, count, colours)
             return img.repeat(mod.stride_level, axis=0).repeat(mod.stride_level, axis=1)
 
         return paint(target), paint(pred.argmax(axis=-1))
@@ -165,7 +188,64 @@ def reconstruction_grid(inputs: dict, preds: dict, masks: dict, modalities=None,
                                  num_samples=num_samples, num_classes=num_classes)
     if not rows:
         raise ValueError(f"no task to show: preds {sorted(preds)}, inputs {sorted(inputs)}")
-    return panel_grid(rows)
+    figure = panel_grid(rows)
+    for task, mod in resolve(list(preds) if modalities is None else modalities).items():
+        if mod.draw != "labels" or task not in preds or mod.source not in inputs:
+            continue
+        logits = np.asarray(preds[task][:num_samples])
+        colours, names = class_table(mod, num_classes or logits.shape[-1])
+        if names is not None:  # the classes of the shown targets and predictions
+            shown = np.concatenate([np.ravel(inputs[mod.source][:num_samples]),
+                                    logits.argmax(-1).ravel()])
+            figure = np.concatenate([figure, legend(shown, colours, names, figure.shape[1])])
+    return figure
+
+
+LEGEND_ENTRY = (128, 14)  # width, height (pixels) of one legend entry: swatch and class name
+
+
+def legend(labels, colours: np.ndarray, names, width: int) -> np.ndarray:
+    """A legend of the classes among int `labels` (any shape; ids outside `names` are left
+    out), sorted by id: a colour swatch (`colours` (C, 3) float) and the name per entry, in as
+    many columns of LEGEND_ENTRY[0] pixels as fit in `width`. -> uint8 (H, width, 3)."""
+    ids = [int(i) for i in np.unique(np.asarray(labels)) if 0 <= i < len(names)]
+    columns = max(1, width // LEGEND_ENTRY[0])
+    height = LEGEND_ENTRY[1] * -(-len(ids) // columns) + PAD
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, i in enumerate(ids):
+        x, y = (k % columns) * LEGEND_ENTRY[0] + 2, (k // columns) * LEGEND_ENTRY[1] + PAD
+        fill = tuple(int(round(c * 255)) for c in colours[i])
+        draw.rectangle((x, y + 1, x + 10, y + 11), fill=fill, outline="black")
+        draw.text((x + 14, y), names[i][:18], fill="black")
+    return np.asarray(canvas)
+
+
+def modality_figure(data: dict, modalities, *, sample: int = 0,
+                    titles: dict | None = None) -> np.ndarray:
+    """One sample's data side by side, one column per modality (the demo's "RGB / Depth /
+    Semantic" figure, e.g. of an image and its pseudo-labels). data: {task: (B, ...)} as
+    model inputs ('labels' int (B, S/s, S/s)); modalities: those to show, in order; titles:
+    column titles (default the task names). A legend follows for labels with a label set.
+    -> uint8 (H, W, 3)."""
+    mods = resolve(modalities)
+    panels, extra = [], []
+    for task, mod in mods.items():
+        x = np.asarray(data[task][sample])
+        if mod.draw == "labels":
+            colours, names = class_table(mod)
+            img = paint_labels(x, mod.num_classes, colours)
+            img = img.repeat(mod.stride_level, 0).repeat(mod.stride_level, 1)
+            if names is not None:
+                extra.append((x, colours, names))
+        else:
+            img = _render(mod, x.astype(np.float32), x.astype(np.float32), 16, None)[0]
+        panels.append(np.round(img * 255).astype(np.uint8))
+    columns = tuple((titles or {}).get(t, t) for t in mods)
+    figure = panel_grid([("", tuple(panels))], columns)
+    for labels, colours, names in extra:
+        figure = np.concatenate([figure, legend(labels, colours, names, figure.shape[1])])
+    return figure
 
 
 def panel_grid(rows, columns=COLUMNS) -> np.ndarray:
