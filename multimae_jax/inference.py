@@ -12,6 +12,8 @@ import the training or data stack (grain, optax, tfds).
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from multimae_jax import masking
 from multimae_jax.data.transforms import standardize_depth
@@ -29,6 +32,41 @@ from multimae_jax.modalities import resolve
 from multimae_jax.pretrained import load_pretrained
 
 URL_TIMEOUT_S = 30
+CACHE_DIR = Path(os.environ.get("MULTIMAE_JAX_CACHE", Path.home() / ".cache" / "multimae_jax"))
+
+
+def _is_url(source) -> bool:
+    return str(source).startswith(("http://", "https://"))
+
+
+def fetch(source, cache_dir=None) -> Path:
+    """A local path for `source`: a path is returned as it is; an http(s) URL is downloaded
+    once into `cache_dir` (default $MULTIMAE_JAX_CACHE or ~/.cache/multimae_jax) under its
+    file name, with a progress bar, written to a temporary file and renamed when complete (an
+    interrupted download leaves nothing behind). A URL that fails raises a ValueError naming it."""
+    if not _is_url(source):
+        return Path(source)
+    target = Path(cache_dir or CACHE_DIR) / str(source).rstrip("/").rsplit("/", 1)[-1]
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(str(source),
+                                                              timeout=URL_TIMEOUT_S) as r:
+            size = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=target.name) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        os.unlink(tmp)
+        raise ValueError(f"{source}: cannot download ({getattr(e, 'reason', e)})") from e
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return target
 
 
 def load_image(source) -> Image.Image:
@@ -42,7 +80,7 @@ def load_image(source) -> Image.Image:
         return Image.fromarray(np.asarray(source, np.uint8)).convert("RGB")
     if isinstance(source, bytes):
         data, where = source, "image bytes"
-    elif str(source).startswith(("http://", "https://")):
+    elif _is_url(source):
         where = str(source)
         try:
             with urllib.request.urlopen(where, timeout=URL_TIMEOUT_S) as response:
@@ -150,8 +188,9 @@ class Predictor:
     @classmethod
     def load(cls, path, modalities=None, **model_overrides) -> "Predictor":
         """From any checkpoint `load_pretrained` reads (official .pth, export, our folder or
-        workdir); another architecture (a MultiViT, a timm ViT) is refused naming the file."""
-        model, variables = load_pretrained(path, **model_overrides)
+        workdir), or an http(s) URL of a file (downloaded once, `fetch`); another architecture
+        (a MultiViT, a timm ViT) is refused naming the file."""
+        model, variables = load_pretrained(fetch(path), **model_overrides)
         return cls(model, variables, modalities, where=str(path))
 
     @property

@@ -117,3 +117,35 @@ def test_a_checkpoint_of_another_architecture_is_refused(tmp_path):
     mm.save_checkpoint(model, variables, tmp_path / "vit")
     with pytest.raises(ValueError, match=r"vit: is a MultiViT .*without pre-training decoders"):
         inf.Predictor.load(tmp_path / "vit")
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """(folder, base URL) of a local HTTP server serving that folder."""
+    import functools
+    import http.server
+    import threading
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_weights_and_images_come_from_urls_once(http_root, tmp_path):
+    root, base = http_root
+    (root / "weights.bin").write_bytes(b"\x01" * 3000)
+    Image.fromarray(np.full((3, 4, 3), 7, np.uint8)).save(root / "photo.png")
+    cache = tmp_path / "cache"
+    path = inf.fetch(f"{base}/weights.bin", cache)
+    assert path == cache / "weights.bin" and path.read_bytes() == b"\x01" * 3000
+    (root / "weights.bin").unlink()  # a second call reads the cache, not the server
+    assert inf.fetch(f"{base}/weights.bin", cache) == path
+    assert (np.asarray(inf.load_image(f"{base}/photo.png")) == 7).all()
+    with pytest.raises(ValueError, match="gone.pth: cannot download"):
+        inf.fetch(f"{base}/gone.pth", cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["weights.bin"]  # no partial file
+    assert inf.fetch(tmp_path / "local.pth") == tmp_path / "local.pth"
