@@ -23,12 +23,13 @@ patch).
 from __future__ import annotations
 
 import colorsys
+import io
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from multimae_jax import atomic
 from multimae_jax.label_sets import LABEL_SETS
 from multimae_jax.modalities import Modality, resolve
 
@@ -267,15 +268,8 @@ def panel_grid(rows, columns=COLUMNS) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write uint8 (H, W, 3) or (H, W) `image` to `path` as PNG atomically (temporary file in the
-    same folder, then os.replace), creating the parent folders."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Write uint8 (H, W, 3) or (H, W) `image` to `path` as PNG atomically
+    (`atomic.write_bytes`), creating the parent folders."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+    atomic.write_bytes(path, buffer.getvalue())

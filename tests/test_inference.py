@@ -149,3 +149,21 @@ def test_weights_and_images_come_from_urls_once(http_root, tmp_path):
         inf.fetch(f"{base}/gone.pth", cache)
     assert sorted(p.name for p in cache.iterdir()) == ["weights.bin"]  # no partial file
     assert inf.fetch(tmp_path / "local.pth") == tmp_path / "local.pth"
+
+
+def test_an_official_pth_reconstructs_as_the_official_model(official_dir, official_npz):
+    """The notebook's path: an official training checkpoint (.pth, read without torch) through
+    `Predictor` with given masks equals the official model's outputs (fixture pretrain_tiny)."""
+    data = official_npz("pretrain_tiny")
+    # weights do not record head counts (the fixture's: 4 and 4; README, Converting weights)
+    predictor = inf.Predictor.load(official_dir / "pretrain_tiny.pth", num_heads=4,
+                                   decoder_num_heads=4)
+    inputs = {"rgb": data["input/rgb"].transpose(0, 2, 3, 1),
+              "depth": data["input/depth"].transpose(0, 2, 3, 1),
+              "semseg": data["input/semseg"].astype(np.int32)}
+    masks = {t: data[f"mask/{t}"] for t in inputs}
+    preds, _ = predictor.predict(inputs, masks)
+    assert set(preds) == {"rgb", "depth", "semseg", "norm_rgb"}
+    for task, pred in preds.items():
+        np.testing.assert_allclose(pred, data[f"pred/{task}"].transpose(0, 2, 3, 1), atol=1e-4,
+                                   rtol=0, err_msg=task)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from multimae_jax import atomic
 from multimae_jax.data.codecs import CorruptFileError, decode, encode
 from multimae_jax.modalities import IMAGE_EXTENSIONS, MODALITIES
 
@@ -84,27 +85,13 @@ def list_samples(src) -> list[Sample]:
     return samples
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes `path` through a temporary name in its folder, then os.replace: a killed run never
-    leaves a partial file under the real name. The temporary name is fixed per target (hidden,
-    '.tmp': no loader reads it), so a rerun, which writes the same target again, replaces any
-    leftover of a killed one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _place_rgb(sample: Sample, data: bytes, target: Path) -> None:
     """OUT's rgb file: a hard link to the source when the file system allows, else a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(sample.path, target)  # a link appears whole or not at all
     except OSError:  # another device, a file system without links, ...
-        write_atomic(target, data)
+        atomic.write_bytes(target, data)
 
 
 def _load(sample: Sample):
@@ -176,7 +163,7 @@ def pseudo_label(src, out, labellers, *, batch_size: int = 16, num_workers: int 
             for sample, data, _ in good:
                 for lab, path in missing[sample].items():  # the rgb file (None) last
                     if lab is not None:
-                        write_atomic(path, encode(lab.modality, outputs[sample.key, lab]))
+                        atomic.write_bytes(path, encode(lab.modality, outputs[sample.key, lab]))
                 if None in missing[sample]:
                     _place_rgb(sample, data, missing[sample][None])
                 result["labelled"] += 1

@@ -18,13 +18,12 @@ import colorsys
 import dataclasses
 import math
 import operator
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from multimae_jax import modalities
+from multimae_jax import atomic, modalities
 from multimae_jax.data.codecs import encode
 
 #: Depth file units per metre: 1/4000 m steps up to 16.38 m (the scenes span about 0.3-14 m).
@@ -125,8 +124,8 @@ class SyntheticScenes:
         for i in indices:
             sample, rel = self[i], f"{folders[i % len(folders)]}/s{i:06d}"
             for name, ext in exts.items():
-                _write(root / name / (rel + ext),
-                       encode(mods[name], sample[name], ext, jpeg_quality))
+                atomic.write_bytes(root / name / (rel + ext),
+                                   encode(mods[name], sample[name], ext, jpeg_quality))
             paths.append(rel)
         return paths
 
@@ -137,14 +136,6 @@ def range_mask(sample: dict, max_depth_m: float = 10.0) -> np.ndarray:
     far wall is out of range)."""
     valid = sample["depth"] <= max_depth_m * DEPTH_UNITS_PER_METRE
     return np.where(valid, 255, 0).astype(np.uint8)[..., None]
-
-
-def _write(path: Path, data: bytes):
-    # Through a temp name: an interrupted run never leaves a truncated image under the real name
-    # (and '.tmp' is not an image extension, so loaders skip leftovers).
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,13 +8,12 @@ WORKDIR/best_<name>/checkpoints/<step>/ (one checkpoint, the format of
 best values so far back from metrics.json.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from multimae_jax import atomic
 from multimae_jax import checkpoint_format as fmt
 from multimae_jax import integrity
 from multimae_jax.train.checkpoint import CHECKSUMS
@@ -34,10 +33,7 @@ def format_table(name: str, step: int | None, results: dict) -> str:
 
 def write_json(path: Path, data) -> None:
     """Atomic: a crash leaves the previous file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=1))
 
 
 class EvalHook:

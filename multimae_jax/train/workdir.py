@@ -21,6 +21,8 @@ import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from multimae_jax import atomic
+
 CONFIG, RUN_INFO, HISTORY, LOCK = "config.json", "run_info.json", "history", "lock"
 #: Config fields (flattened 'a.b' prefixes) a restart may not change: the model and its
 #: adapters, the tasks, and the task balancer (whose parameters are in the optimizer state).
@@ -90,12 +92,6 @@ def check_restart(workdir, config, process_count: int) -> dict:
     return changes
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def record_run(workdir, config, run_info: dict, start_step: int) -> None:
     """Writes config.json and run_info.json, first moving changed previous ones to history/."""
     workdir = Path(workdir)
@@ -106,7 +102,7 @@ def record_run(workdir, config, run_info: dict, start_step: int) -> None:
         if path.is_file() and path.read_text() != text:
             (workdir / HISTORY).mkdir(exist_ok=True)
             os.replace(path, workdir / HISTORY / f"{name}.before_step_{start_step}")
-        _write_atomic(path, text)
+        atomic.write_text(path, text)
 
 
 def _start_time(pid: int) -> str | None:
