@@ -30,8 +30,10 @@
 # Parameters (the tests replace them: a small local checkpoint, the offline sample, no torch).
 WEIGHTS = ("https://github.com/EPFL-VILAB/MultiMAE/releases/download/pretrained-weights/"
            "multimae-b_98_rgb+-depth-semseg_1600e_multivit-afff3f8c.pth")
-IMAGE = "https://i.imgur.com/AptRF3J.jpg"  # a URL or a file; "" = the bundled synthetic sample
+IMAGE = "https://i.imgur.com/AptRF3J.jpg"  # URL, file, "upload" (Colab), "" = synthetic sample
 LABELLER = "hf"  # "hf": DPT + Mask2Former (transformers); "sample": the sample's own labels
+DEPTH_MODEL = "Intel/dpt-hybrid-midas"  # Hugging Face ids (or local folders) of the labellers
+SEMSEG_MODEL = "facebook/mask2former-swin-small-coco-panoptic"
 REPO = "https://github.com/multimae-jax/multimae-jax"
 FIGURES = ""  # a folder to also save the figures to as PNG
 SLIDER = True  # an ipywidgets slider where widgets are installed; False: three fixed budgets
@@ -86,12 +88,16 @@ print(f"inputs {predictor.input_tasks}, {SIZE} px, {predictor.grid[0]} x {predic
 
 # %% [markdown]
 # ## 3. An image and its pseudo-labels
-# Any image URL or file works (grayscale and RGBA images are converted to RGB); it is
-# centre-cropped to a square and resized to 224 as in the official demo. Without a URL, a scene
-# from the package's synthetic renderer is used, with its own depth and segmentation (its
-# classes are shapes, drawn with a generated palette instead of the COCO colours).
+# Any image URL or file works, or `IMAGE = "upload"` on Colab (grayscale and RGBA images are
+# converted to RGB); it is centre-cropped to a square and resized to 224 as in the official
+# demo. With `IMAGE = ""`, a scene from the package's synthetic renderer is used, with its own
+# depth and segmentation (its classes are shapes, drawn with a generated palette instead of the
+# COCO colours).
 
 # %%
+if IMAGE == "upload":  # Colab's file picker
+    from google.colab import files
+    IMAGE = next(iter(files.upload()))  # the uploaded file, saved in the working folder
 if IMAGE:
     rgb = inference.center_crop_resize(IMAGE, SIZE)  # float (224, 224, 3) in [0, 1]
 else:
@@ -102,8 +108,9 @@ modalities = dict(predictor.modalities)
 if LABELLER == "hf":  # the paper's labellers, through transformers (PyTorch)
     from multimae_jax.data.labellers_hf import HfDepthLabeller, HfSemsegLabeller
     image_uint8 = np.round(rgb * 255).astype(np.uint8)
-    depth = HfDepthLabeller.from_pretrained()([image_uint8])[0]
-    semseg = HfSemsegLabeller.from_pretrained()([image_uint8])[0]
+    depth = HfDepthLabeller.from_pretrained(DEPTH_MODEL, modality=modalities["depth"])
+    semseg = HfSemsegLabeller.from_pretrained(SEMSEG_MODEL, modality=modalities["semseg"])
+    depth, semseg = depth([image_uint8])[0], semseg([image_uint8])[0]  # uint16, uint8 (S, S)
 elif LABELLER == "sample" and not IMAGE:
     depth, semseg = scene["depth"], scene["semseg"]
     modalities["semseg"] = modalities["semseg"].replace(label_set=None)
@@ -160,7 +167,8 @@ show(viz.reconstruction_grid(inputs, preds, masks, shown, num_samples=1), "hand_
 # %% [markdown]
 # ## 7. The visible-token budget
 # With widgets (Colab, Jupyter) a slider sets how many patches stay visible; each new budget
-# compiles once (a few seconds), then moving back is instant. Without widgets (or with
+# compiles once (seconds on a GPU, up to a minute for ViT-B on a CPU), then moving back is
+# instant. Without widgets (or with
 # `SLIDER = False`), three budgets.
 
 # %%
