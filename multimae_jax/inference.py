@@ -11,6 +11,7 @@ import the training or data stack (grain, optax, tfds).
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -25,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from multimae_jax import masking
-from multimae_jax.data.transforms import standardize_depth
+from multimae_jax.data.transforms import normalize
 from multimae_jax.models.input_adapters import pair
 from multimae_jax.models.multimae import MultiMAE
 from multimae_jax.modalities import resolve
@@ -37,6 +38,17 @@ CACHE_DIR = Path(os.environ.get("MULTIMAE_JAX_CACHE", Path.home() / ".cache" / "
 
 def _is_url(source) -> bool:
     return str(source).startswith(("http://", "https://"))
+
+
+@contextlib.contextmanager
+def _download(url):
+    """The open response of `url`; a failure (DNS, refused, HTTP error, timeout, a read or
+    write inside the block) raises a ValueError naming the URL."""
+    try:
+        with urllib.request.urlopen(str(url), timeout=URL_TIMEOUT_S) as response:
+            yield response
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise ValueError(f"{url}: cannot download ({getattr(e, 'reason', e)})") from e
 
 
 def fetch(source, cache_dir=None) -> Path:
@@ -52,20 +64,15 @@ def fetch(source, cache_dir=None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(str(source),
-                                                              timeout=URL_TIMEOUT_S) as r:
+        with os.fdopen(fd, "wb") as f, _download(source) as r:
             size = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=target.name) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
                     bar.update(len(chunk))
         os.replace(tmp, target)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        os.unlink(tmp)
-        raise ValueError(f"{source}: cannot download ({getattr(e, 'reason', e)})") from e
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return target
 
 
@@ -81,13 +88,8 @@ def load_image(source) -> Image.Image:
     if isinstance(source, bytes):
         data, where = source, "image bytes"
     elif _is_url(source):
-        where = str(source)
-        try:
-            with urllib.request.urlopen(where, timeout=URL_TIMEOUT_S) as response:
-                data = response.read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise ValueError(f"{where}: cannot download the image "
-                             f"({getattr(e, 'reason', e)})") from e
+        with _download(source) as response:
+            data, where = response.read(), str(source)
     else:
         path = Path(source)
         if not path.is_file():
@@ -135,11 +137,8 @@ def prepare_inputs(modalities, **data) -> dict[str, np.ndarray]:
             out[task] = x[rows][:, cols][None].astype(np.int32)
             continue
         x = x.astype(np.float32).reshape(x.shape[:2] + (-1,))[None]
-        if mod.mean is not None:
-            x = x - np.asarray(mod.mean, np.float32)
-        if mod.std is not None:
-            x = x / np.asarray(mod.std, np.float32)
-        out[task] = np.asarray(standardize_depth(jnp.asarray(x))) if mod.standardize else x
+        # the device normalisation of training, minus its storage scale: x is given as values
+        out[task] = np.asarray(normalize(x, mod.replace(scale=1.0)))
     return out
 
 

@@ -50,7 +50,10 @@ def _model_inputs(processor, images: list[np.ndarray]):
 
 class HfLabeller(Labeller):
     """A transformers model + its image processor, on `device` ('cpu', 'cuda', ...; default
-    cuda when there is one), in eval mode."""
+    cuda when there is one), in eval mode. Subclasses name their default model and the
+    transformers Auto class that loads their kind of model."""
+    DEFAULT_MODEL: str
+    AUTO_MODEL: str
 
     def __init__(self, model, processor, modality: Modality, output: str,
                  device: str | None = None):
@@ -58,6 +61,16 @@ class HfLabeller(Labeller):
         self.torch = _torch()
         self.device = device or default_device()
         self.model, self.processor = model.to(self.device).eval(), processor
+
+    @classmethod
+    def from_pretrained(cls, name: str | None = None, **kwargs):
+        """The model and image processor `name` (a hub id or a local folder; default
+        DEFAULT_MODEL) read by transformers; kwargs go to the constructor."""
+        _torch()
+        import transformers
+        name = name or cls.DEFAULT_MODEL
+        return cls(getattr(transformers, cls.AUTO_MODEL).from_pretrained(name),
+                   transformers.AutoImageProcessor.from_pretrained(name), **kwargs)
 
     def _run(self, images):
         """Yields (indices, model outputs) of `images`, batched as `_model_inputs` says."""
@@ -69,17 +82,11 @@ class HfLabeller(Labeller):
 class HfDepthLabeller(HfLabeller):
     """A depth-estimation model (`predicted_depth` (B, h, w)); output 'disparity' for MiDaS-type
     models (the default one), 'depth' for models of depth."""
+    DEFAULT_MODEL, AUTO_MODEL = DEFAULT_DEPTH_MODEL, "AutoModelForDepthEstimation"
 
     def __init__(self, model, processor, modality: Modality, output: str = "disparity",
                  device: str | None = None):
         super().__init__(model, processor, modality, output, device)
-
-    @classmethod
-    def from_pretrained(cls, name: str = DEFAULT_DEPTH_MODEL, **kwargs):
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-        _torch()
-        return cls(AutoModelForDepthEstimation.from_pretrained(name),
-                   AutoImageProcessor.from_pretrained(name), **kwargs)
 
     def predict(self, images):
         """Per image float32 (H_i, W_i), the prediction resized bilinearly."""
@@ -97,18 +104,12 @@ class HfSemsegLabeller(HfLabeller):
     """A universal-segmentation model (Mask2Former, MaskFormer, OneFormer-style outputs with
     `post_process_semantic_segmentation`); its classes must be the modality's
     (`check_num_classes`)."""
+    DEFAULT_MODEL, AUTO_MODEL = DEFAULT_SEMSEG_MODEL, "AutoModelForUniversalSegmentation"
 
     def __init__(self, model, processor, modality: Modality, device: str | None = None):
         name = getattr(model.config, "_name_or_path", "") or type(model).__name__
         check_num_classes(model.config.num_labels, modality, f"model {name}")
         super().__init__(model, processor, modality, "labels", device)
-
-    @classmethod
-    def from_pretrained(cls, name: str = DEFAULT_SEMSEG_MODEL, **kwargs):
-        from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
-        _torch()
-        return cls(AutoModelForUniversalSegmentation.from_pretrained(name),
-                   AutoImageProcessor.from_pretrained(name), **kwargs)
 
     def predict(self, images):
         """Per image int64 (H_i, W_i) class ids."""

@@ -243,11 +243,11 @@ def build_labellers(args) -> list:
         model = getattr(args, f"{task}_model")
         if mod.kind == "labels":
             out.append(labellers_hf.HfSemsegLabeller.from_pretrained(
-                model or labellers_hf.DEFAULT_SEMSEG_MODEL, modality=mod, device=args.device))
+                model, modality=mod, device=args.device))
         else:
             out.append(labellers_hf.HfDepthLabeller.from_pretrained(
-                model or labellers_hf.DEFAULT_DEPTH_MODEL, modality=mod,
-                output=args.depth_output or "disparity", device=args.device))
+                model, modality=mod, output=args.depth_output or "disparity",
+                device=args.device))
     return out
 
 
