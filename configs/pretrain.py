@@ -49,6 +49,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     c.data.allow_incomplete = False  # True: train on the samples that have every modality
     c.data.synthetic_samples = 100_000
     c.data.tfds_fields = ml_collections.ConfigDict({"rgb": "image"})  # tfds: modality -> feature
+    # Fast paths (docs/benchmarks.md, "Input pipeline on realistic files"); the defaults are the
+    # official-exact path.
+    c.data.augment = "host"  # "device": the host decodes, the jitted step crops and resizes the
+    #                          bicubic modalities (near-exact; multimae_jax/data/device_augment.py)
+    c.data.device_canvas = 384  # augment="device": side of the canvas each image travels in;
+    #                             larger images are downscaled on the host (384 holds the samples
+    #                             of `pack --max_size 256`, 512 ImageNet's originals)
+    c.data.worker_mode = "process"  # "thread": num_workers decoding threads in the training
+    #                                 process (PIL and numpy release the GIL), no processes
+    c.data.jpeg_draft = False  # True: decode JPEGs at 1/2-1/8 in the DCT domain when the crop is
+    #                            shrunk at least that much anyway (an approximation)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.blr = 1e-4  # lr = blr * global_batch_size / 256

@@ -1,5 +1,5 @@
 """python -m multimae_jax.benchmark --config=configs/FILE.py[:variant] [--config.a.b=v]
-       [--steps N] [--warmup W]
+       [--steps N] [--warmup W] [--nosplit] [--json PATH]
 
 Throughput of the REAL training step of the config's objective (`Trainer.step`; pre-training:
 masking, forward, the official losses, backward, AdamW update, non-finite skip; fine-tuning:
@@ -9,7 +9,10 @@ batches: random arrays in the layout and dtypes of the objective's data pipeline
 'semseg' uint8 (B, S/4, S/4)), created once on the devices with the batch sharding, so no host
 input pipeline is in the loop. Prints the devices, compile time, step time (median and
 mean of N steps after W warm-up steps, each waited for with block_until_ready), images/s, model
-FLOPs per image, MFU and memory. Lower --config.data.global_batch_size to fit memory.
+FLOPs per image, MFU and memory, and the step's time split into the encoder, the decoders, the
+rest of forward + backward and the optimizer update (`benchmark_split.py`; --nosplit skips its
+extra compilations). --json writes every figure to a file (launch/gpu_benchmark.sh collects them).
+Lower --config.data.global_batch_size to fit memory.
 
 FLOPs per image come from XLA's cost analysis of the compiled step (forward + backward + optimizer
 update, every op of the program, plus the recomputed forward with config.train.remat), divided by
@@ -20,6 +23,7 @@ either count; 'n/a' where the peak is unknown (CPUs). The analytic count covers 
 MultiMAE only ('n/a' for fine-tuning). The one synthetic batch is reused every step; masks and
 drop path still change (they are drawn from the step number).
 """
+import json
 import math
 import statistics
 import sys
@@ -29,6 +33,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from multimae_jax import atomic
+from multimae_jax.benchmark_split import time_split
 from multimae_jax.train import distributed, sharding
 from multimae_jax.train.objectives import make_objective
 from multimae_jax.train.step import Trainer
@@ -164,21 +170,39 @@ def _memory_analysis(compiled) -> dict | None:
     return out
 
 
-def _peak_bytes_in_use():
-    peaks = []
+def _memory_stat(name: str, reduce=max):
+    """`reduce` over the local devices of memory_stats()[name] (e.g. 'peak_bytes_in_use',
+    'bytes_limit'), or None where the backend has no memory statistics (CPUs)."""
+    values = []
     for d in jax.local_devices():
         try:
             stats = d.memory_stats()
         except Exception:  # noqa: BLE001 -- CPU backends may raise or return None
             stats = None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(stats["peak_bytes_in_use"])
-    return max(peaks) if peaks else None
+        if stats and name in stats:
+            values.append(stats[name])
+    return reduce(values) if values else None
 
 
-def run(config, steps: int = 20, warmup: int = 3) -> dict:
-    """Compiles the pre-training step of `config` and times `steps` steps after `warmup` ones on
-    device-resident synthetic batches. Returns the figures (see `report`). Raises ConfigError
+#: config fields that change the compiled step's speed, reported with every run
+SWITCHES = ("model.attention", "model.scan_blocks", "model.gather_grad", "train.remat",
+            "train.compute_dtype", "train.residual_dtype", "data.augment")
+
+
+def _switches(config) -> dict:
+    out = {}
+    for name in SWITCHES:
+        node = config
+        for part in name.split("."):
+            node = node.get(part) if node is not None and part in node else None
+        out[name] = node
+    return out
+
+
+def run(config, steps: int = 20, warmup: int = 3, split: bool = True) -> dict:
+    """Compiles the training step of `config` and times `steps` steps after `warmup` ones on
+    device-resident synthetic batches; with `split`, also the parts of the step
+    (`benchmark_split.time_split`). Returns the figures (see `report`). Raises ConfigError
     for an invalid config and BenchmarkError if a step's loss or gradient is not finite."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps={steps} must be >= 1 and warmup={warmup} >= 0")
@@ -216,9 +240,11 @@ def run(config, steps: int = 20, warmup: int = 3) -> dict:
                              f"{float(jax.device_get(loss))}); the benchmark does not time "
                              "skipped updates")
     loss = float(jax.device_get(loss))
+    median = statistics.median(times)
+    parts = time_split(runner, state, batch, median) if split else None
 
     flops_per_image, flops_source = _xla_flops_per_image(config, runner, state, batch, compiled)
-    median, mean = statistics.median(times), statistics.fmean(times)
+    mean = statistics.fmean(times)
     images_per_s = gb / median
     dev = devices[0]
     peak = peak_flops(dev.device_kind, config.train.compute_dtype)
@@ -242,8 +268,10 @@ def run(config, steps: int = 20, warmup: int = 3) -> dict:
         "peak_flops_per_device": peak,
         "mfu": achieved / peak if achieved and peak else None,
         "mfu_analytic": achieved_analytic / peak if achieved_analytic and peak else None,
-        "peak_bytes_in_use": _peak_bytes_in_use(),
+        "peak_bytes_in_use": _memory_stat("peak_bytes_in_use"),
+        "bytes_limit": _memory_stat("bytes_limit", min),
         "compiled_memory": _memory_analysis(compiled),
+        "split": parts, "switches": _switches(config),
         "loss": loss,
     }
 
@@ -265,6 +293,15 @@ def _bytes(x):
     if x is None:
         return "n/a"
     return f"{x / 2 ** 30:.2f} GiB" if x >= 2 ** 30 else f"{x / 2 ** 20:.1f} MiB"
+
+
+def _split_line(parts: dict | None, step: float) -> str:
+    if parts is None:
+        return "not measured (--nosplit)"
+    ms = lambda s: "n/a" if s is None else f"{s * 1e3:.1f} ms ({100 * s / step:.0f} %)"
+    return (f"encoder {ms(parts['encoder_s'])}, decoders {ms(parts['decoders_s'])}, other "
+            f"forward + backward {ms(parts['other_s'])}, optimizer update {ms(parts['update_s'])}"
+            " [sub-programs timed apart; multimae_jax/benchmark_split.py]")
 
 
 def report(r: dict) -> str:
@@ -303,6 +340,8 @@ def report(r: dict) -> str:
          f"{_bytes(mem['total'])} (arguments {_bytes(mem['argument'])}, outputs "
          f"{_bytes(mem['output'])}, aliased {_bytes(mem['alias'])}, temporaries "
          f"{_bytes(mem['temp'])})"),
+        ("time split", _split_line(r["split"], r["step_time_median_s"])),
+        ("switches", ", ".join(f"{k}={v}" for k, v in r["switches"].items() if v is not None)),
         ("final loss", f"{r['loss']:.4f}"),
     ]
     width = max(len(k) for k, _ in rows) + 2
@@ -312,19 +351,30 @@ def report(r: dict) -> str:
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a configs/*.py file", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "untimed steps after compilation")
+_SPLIT = flags.DEFINE_bool("split", True, "also time the encoder, the decoders and the optimizer "
+                           "update apart (more compilations)")
+_JSON = flags.DEFINE_string("json", None, "write every figure to this JSON file")
+_BATCH_PER_DEVICE = flags.DEFINE_integer(
+    "batch_per_device", 0, "> 0: set data.global_batch_size to this times the number of devices")
 
 
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     distributed.maybe_initialize()
+    config = _CONFIG.value
+    if _BATCH_PER_DEVICE.value > 0:
+        config = config.copy_and_resolve_references()
+        config.data.global_batch_size = _BATCH_PER_DEVICE.value * jax.device_count()
     try:
-        result = run(_CONFIG.value, _STEPS.value, _WARMUP.value)
+        result = run(config, _STEPS.value, _WARMUP.value, _SPLIT.value)
     except (ConfigError, BenchmarkError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     if jax.process_index() == 0:
         print(report(result), flush=True)
+        if _JSON.value:
+            atomic.write_text(_JSON.value, json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -66,9 +66,3 @@ def non_finite(tree) -> list[str]:
     """Paths of the floating-point arrays of `tree` holding a NaN or an infinity."""
     return [k for k, bad in jax.device_get(_non_finite(tree)).items() if bool(np.asarray(bad))]
 
-
-def all_finite(tree) -> jax.Array:
-    """Traceable: one boolean, whether every floating-point array of `tree` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-              if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)

@@ -105,6 +105,52 @@ def no_masking(batch: int, total: int):
     return jnp.zeros((batch, total), jnp.int32), ids, ids
 
 
+#: How the backward pass of `take_tokens` runs.
+GATHER_GRADS = ("gather", "scatter")
+
+
+def _take(x: jax.Array, ids: jax.Array) -> jax.Array:
+    """x (B, N, C), ids (B, M) -> x[b, ids[b, m]] (B, M, C); zeros where ids[b, m] >= N."""
+    return jnp.take_along_axis(x, ids[..., None], axis=1, mode="fill", fill_value=0)
+
+
+@jax.custom_vjp
+def _take_transposed_by_gather(x, ids, inverse):
+    return _take(x, ids)
+
+
+def _take_fwd(x, ids, inverse):
+    return _take(x, ids), (ids, inverse)
+
+
+def _take_bwd(residuals, cotangent):
+    ids, inverse = residuals
+    return _take(cotangent, inverse), None, None
+
+
+_take_transposed_by_gather.defvjp(_take_fwd, _take_bwd)
+
+
+def take_tokens(x: jax.Array, ids: jax.Array, inverse: jax.Array,
+                gather_grad: str = "gather") -> jax.Array:
+    """Tokens of x at ids: x (B, N, C), ids (B, M) int -> (B, M, C), zeros where ids[b, m] >= N.
+
+    A row of ids holds each of 0..N-1 at most once, and `inverse` (B, N) is its inverse map:
+    inverse[b, ids[b, m]] = m, inverse[b, n] >= M where n is not in ids[b]. So (ids_keep,
+    ids_restore) gathers the visible tokens, and (ids_restore, ids_keep) puts K visible tokens
+    back at their places among N. The transpose of such a gather is the gather by `inverse`
+    (the cotangent of x is take_tokens(cotangent, inverse, ids)): 'gather' computes it so, as a
+    custom VJP; 'scatter' leaves it to JAX's autodiff, a scatter-add (slow with atomics on GPUs).
+    The values are the same either way.
+    """
+    if gather_grad not in GATHER_GRADS:
+        raise ValueError(f"gather_grad={gather_grad!r}: expected one of {GATHER_GRADS}")
+    with jax.named_scope("take_tokens"):  # names the ops (and their transposes) in HLO
+        if gather_grad == "gather":
+            return _take_transposed_by_gather(x, ids, inverse)
+        return _take(x, ids)
+
+
 def split_by_task(mask_all: jax.Array, num_tokens: dict[str, int]) -> dict[str, jax.Array]:
     """(B, N) -> {task: (B, N_t)} in the order of `num_tokens`."""
     out, start = {}, 0

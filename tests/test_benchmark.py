@@ -61,8 +61,12 @@ def test_run_reports_positive_figures():
         assert r["peak_flops_per_device"] is None and r["mfu"] is None
     text = benchmark.report(r)
     for key in ("devices:", "global batch:", "compile time:", "step time:", "images/s:",
-                "FLOPs/image:", "MFU:", "peak memory/device:"):
+                "FLOPs/image:", "MFU:", "peak memory/device:", "time split:"):
         assert key in text
+    split = r["split"]
+    assert split["encoder_s"] > 0 and split["decoders_s"] > 0 and split["forward_backward_s"] > 0
+    assert split["encoder_s"] + split["decoders_s"] + split["other_s"] == pytest.approx(
+        split["forward_backward_s"])
 
 
 def test_runs_a_fine_tuning_step():

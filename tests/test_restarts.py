@@ -48,6 +48,19 @@ def test_an_incompatible_restart_is_refused_and_changes_nothing(finished_run, tm
     assert to_spec(mm.load_pretrained(workdir)[0]) == model_before
 
 
+def test_a_restart_may_change_how_the_model_computes(tmp_path):
+    """model.attention, scan_blocks and gather_grad leave the parameters as they are; a
+    config.json written before they existed lacks them."""
+    saved = workdir_lib.config_dict(small_config())
+    for field in workdir_lib.COMPUTE:
+        del saved["model"][field.split(".")[1]]
+    (tmp_path / workdir_lib.CONFIG).write_text(json.dumps(saved))
+    config = small_config(**{"model.scan_blocks": True, "model.gather_grad": "scatter"})
+    changes = workdir_lib.check_restart(tmp_path, config, 1)
+    assert changes == {"model.attention": (None, "xla"), "model.scan_blocks": (None, True),
+                       "model.gather_grad": (None, "scatter")}
+
+
 def test_a_restart_with_another_process_count_is_refused(finished_run, tmp_path):
     workdir = copy_run(finished_run, tmp_path)
     info = json.loads((workdir / workdir_lib.RUN_INFO).read_text())

@@ -9,8 +9,9 @@ import pytest
 
 from multimae_jax.models.dense_heads import ConvNeXtAdapter
 from multimae_jax.models.input_adapters import PatchedInputAdapter, SemSegInputAdapter
-from multimae_jax.models.multimae import MultiMAE
+from multimae_jax.models.multimae import MultiMAE, MultiViT
 from multimae_jax.models.output_adapters import LinearOutputAdapter, SpatialOutputAdapter
+from multimae_jax.models.presets import pretrain_multimae
 
 KEY = jax.random.key(0)
 
@@ -194,3 +195,76 @@ def test_interpolate_mode_nearest_repeats_the_final_layer_pixels():
     src = np.floor(np.arange(32) * 12 / 32).astype(int)  # PyTorch legacy 'nearest'
     np.testing.assert_array_equal(outputs["nearest"], final[:, src][:, :, src])
     assert np.abs(np.asarray(outputs["bilinear"]) - np.asarray(outputs["nearest"])).max() > 1e-3
+
+
+def _grads_close(a, b, rtol: float):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert np.abs(x - y).max() <= rtol * np.abs(y).max()  # float32 summation order only
+
+
+def test_scan_blocks_gives_the_unrolled_outputs_and_gradients_with_and_without_remat():
+    model = MultiMAE({"rgb": PatchedInputAdapter(3, 1, 8, image_size=16)}, None, dim_tokens=16,
+                     depth=3, num_heads=2)
+    x = {"rgb": _normal(1, (2, 16, 16, 3))}
+    params = model.init(KEY, x, mask_inputs=False)
+    # the same parameter tree, blocks '0', '1', '2' (the official names)
+    assert (jax.tree.structure(model.clone(scan_blocks=True).init(KEY, x, mask_inputs=False))
+            == jax.tree.structure(params))
+    assert sorted(params["params"]["encoder"]) == ["0", "1", "2"]
+
+    def loss(m, p):  # train=True without drop path or dropout: nothing random
+        out, _ = m.apply(p, x, mask_inputs=False, train=True, rngs={"dropout": KEY})
+        return jnp.sum(out ** 2)
+    want = jax.jit(jax.value_and_grad(lambda p: loss(model, p)))(params)
+    for remat in (False, True):
+        m = model.clone(scan_blocks=True, remat=remat)
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(m, p)))(params))
+        assert jaxpr.count("scan[") == 2  # one loop forward, one backward: not unrolled
+        got = jax.jit(jax.value_and_grad(lambda p: loss(m, p)))(params)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+        _grads_close(got[1], want[1], 1e-6)
+    # every block's output (MultiViT's return_all_layers, for DPT heads)
+    vit = MultiViT({"rgb": PatchedInputAdapter(3, 1, 8, image_size=16)}, None, dim_tokens=16,
+                   depth=3, num_heads=2)
+    variables = vit.init(KEY, x)
+    unrolled = vit.apply(variables, x, return_all_layers=True)
+    scanned = vit.clone(scan_blocks=True).apply(variables, x, return_all_layers=True)
+    assert len(scanned) == 3
+    for a, b in zip(scanned, unrolled):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_blocks_applies_drop_path():
+    model = MultiViT({"rgb": PatchedInputAdapter(3, 1, 8, image_size=16)}, None, dim_tokens=16,
+                     depth=2, num_heads=2, drop_path_rate=0.9, scan_blocks=True)
+    x = {"rgb": _normal(1, (4, 16, 16, 3))}
+    variables = model.init(KEY, x)
+    evaluated = model.apply(variables, x)
+    trained = [model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(k)})
+               for k in range(2)]
+    # block 1 (rate 0.9) drops or rescales each sample's branches by 1 / 0.1
+    assert not np.allclose(trained[0], evaluated) and not np.allclose(trained[0], trained[1])
+
+
+def test_gather_grad_gather_equals_the_autodiff_scatter():
+    tasks = ("rgb", "depth")  # (semseg's class embedding has a scatter-add of its own)
+    model = pretrain_multimae("tiny", tasks, tasks, image_size=16, patch_size=8, decoder_dim=16,
+                              decoder_depth=1, decoder_num_heads=2, dim_tokens=16, depth=2,
+                              num_heads=2)
+    x = {"rgb": _normal(1, (2, 16, 16, 3)), "depth": _normal(2, (2, 16, 16, 1))}
+    params = model.init(KEY, x, mask_inputs=False)
+
+    def loss(m, p):
+        preds, _ = m.apply(p, x, rngs={"masking": jax.random.key(3)}, num_encoded_tokens=5)
+        return sum(jnp.sum(v ** 2) for v in preds.values()), preds
+    results = {}
+    for mode in ("gather", "scatter"):
+        m = model.clone(gather_grad=mode)
+        jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(m, p)[0]))(params))
+        # the transposes of the token gathers (tests/test_step_hlo.py counts them)
+        assert ("scatter-add" in jaxpr) == (mode == "scatter")
+        results[mode] = jax.jit(jax.value_and_grad(lambda p: loss(m, p), has_aux=True))(params)
+    (_, gathered), g = results["gather"]
+    (_, scattered), s = results["scatter"]
+    jax.tree.map(np.testing.assert_array_equal, gathered, scattered)
+    _grads_close(g, s, 1e-6)

@@ -1,6 +1,8 @@
 """The pre-training step and loop: official schedule, sharding equivalence, exact resumption,
 non-finite handling, config errors, and the entry point."""
+import functools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from multimae_jax.train.checkpoint import restore_state_only
 from multimae_jax.train.loop import train
 from multimae_jax.train.optimizer import decay_mask
 from multimae_jax.train.pretrain import pretrain_trainer
-from multimae_jax.train.validate import ConfigError
+from multimae_jax.train.validate import ConfigError, validate
 from train_helpers import (FINISHED, FSDP_MIN_SIZE, host_batch, run_steps, small_config,
                            subprocess_env)
 from xla_flags import cpu_flags
@@ -169,6 +171,10 @@ def test_interrupted_and_resumed_run_equals_a_straight_run(finished_run, tmp_pat
     ({"model.decoder_num_heads": 3}, "config.model.decoder_num_heads=3: must divide"),
     ({"model.overrides.num_heads": 5}, "config.model.overrides: num_heads=5"),
     ({"model.drop_path_rate": 1.0}, "config.model.drop_path_rate=1.0: must be in [0, 1)"),
+    ({"model.attention": "cudnn"}, "config.model.attention='cudnn': cuDNN attention needs an "
+                                   "NVIDIA GPU; this backend is cpu"),
+    ({"model.attention": "flash"}, "config.model.attention='flash': expected one of"),
+    ({"model.gather_grad": "scatter_add"}, "config.model.gather_grad='scatter_add': expected"),
     ({"mesh.data": 3}, "config.mesh: {'data': 3, 'fsdp': 1} needs 3 devices, there are 8"),
     ({"mesh.fsdp": 0}, "config.mesh.fsdp=0: must be >= 1, or -1"),
     ({"optimizer.blr": float("nan")}, "config.optimizer.blr=nan: must be finite and > 0"),
@@ -183,6 +189,28 @@ def test_bad_configs_stop_before_compiling(tmp_path, override, field):
         train(small_config(**override), tmp_path)
     assert str(err.value).startswith(field) and "\n" not in str(err.value)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"train.compute_dtype": "float32"}, "takes bf16 (or fp16) inputs; set "
+                                         "config.train.compute_dtype='bfloat16'"),
+    ({"model.overrides.attn_drop_rate": 0.1}, "no attention dropout; "
+                                              "config.model.overrides.attn_drop_rate=0.1"),
+    ({"model.overrides.num_heads": 8}, "a multiple of 8 and at most 128 on this GPU; "
+                                       "config.model.overrides (encoder) give 96 / 8 = 12"),
+    ({"model.decoder_num_heads": 16}, "config.model.decoder_dim / decoder_num_heads give 64 / 16"),
+])
+def test_cudnn_attention_refuses_what_cudnn_cannot_run(monkeypatch, override, message):
+    """On a GPU backend (pretended: the checks run before anything is compiled)."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    config = small_config(**{"model.attention": "cudnn", "train.compute_dtype": "bfloat16"})
+    validate(config, 8, 1)  # the tiny recipe's heads are 32-d (encoder) and 32-d (decoders)
+    for field, value in override.items():  # attn_drop_rate is no field of the recipe's
+        section, key = field.rsplit(".", 1)
+        functools.reduce(getattr, section.split("."), config)[key] = value
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        validate(config, 8, 1)
+    assert str(err.value).startswith("config.model.attention='cudnn': ")
 
 
 def test_entry_point_writes_checkpoint_events_and_pictures(tmp_path):

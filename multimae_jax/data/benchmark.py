@@ -1,4 +1,5 @@
 """python -m multimae_jax.data.benchmark [--image_size 224] [--source_size 320] [--num_workers 2]
+       [--realistic [--max_size 256] [--canvas 384]]
 
 Host input-pipeline throughput, decode and augmentation included, for every source: the
 synthetic scenes (rendered on the fly), the official folder layout (JPEG rgb, 16-bit PNG depth,
@@ -6,6 +7,10 @@ PNG semseg), packed shards of the original files and packed decoded shards. Prin
 one worker (in-process) and of the whole pipeline with --num_workers processes, next to an
 emulation of the official loader's decode + augment path (PIL crops and resizes per modality,
 float conversion and normalisation on the host) as the baseline.
+
+--realistic: ImageNet-like files instead, every path and fast-path switch in samples per
+CPU-second per core with its pixel differences from the official path
+(`benchmark_realistic.py`).
 """
 import argparse
 import itertools
@@ -16,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from multimae_jax.data import benchmark_realistic
 from multimae_jax.data.folder import FolderSource
 from multimae_jax.data.pack import pack
 from multimae_jax.data.pipeline import make_dataset, make_source
@@ -87,7 +93,16 @@ def main(argv=None) -> None:
     parser.add_argument("--num_samples", type=int, default=256, help="samples written to disk")
     parser.add_argument("--num_workers", type=int, default=2)
     parser.add_argument("--n", type=int, default=200, help="samples timed per measurement")
+    parser.add_argument("--realistic", action="store_true",
+                        help="ImageNet-like files, samples per CPU-second, fast paths")
+    parser.add_argument("--max_size", type=int, default=256, help="--realistic: pack --max_size")
+    parser.add_argument("--canvas", type=int, default=384,
+                        help="--realistic: data.device_canvas of the packed files")
     args = parser.parse_args(argv)
+    if args.realistic:
+        benchmark_realistic.run(args.num_samples, args.num_workers, args.n, args.max_size,
+                                args.canvas)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "folder"

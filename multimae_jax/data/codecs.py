@@ -15,22 +15,61 @@ class CorruptFileError(ValueError):
 
 
 def open_image(data: bytes, where: str) -> Image.Image:
+    return _open(data, where, 1)[0]
+
+
+def _open(data: bytes, where: str, draft: int) -> tuple[Image.Image, int, tuple[int, int]]:
+    """(decoded image, the draft factor applied, full (H, W)); see `decode_draft`."""
     try:
         img = Image.open(io.BytesIO(data))
+        full, factor = (img.height, img.width), 1
+        if draft > 1:
+            # PIL picks the largest scale 1/k (k in 8, 4, 2, 1) that keeps the image at least
+            # the requested size: W // (W // draft) >= draft. None for formats other than JPEG.
+            drafted = img.draft(None, (max(full[1] // draft, 1), max(full[0] // draft, 1)))
+            if drafted is not None:
+                factor = round(full[1] / drafted[1][2])  # its box: (0, 0, W / k, H / k)
         img.load()
-        return img
+        return img, factor, full
     except Exception as e:  # PIL raises many types for truncated or foreign data
         raise CorruptFileError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
 
 
+def stored_size(modality: Modality, data: bytes, where: str) -> tuple[int, int]:
+    """(H, W) of one file; an image's from its header, without decoding its pixels."""
+    if modality.storage == "npy":
+        return decode(modality, data, where).shape[:2]
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception as e:
+        raise CorruptFileError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from e
+    return img.height, img.width
+
+
 def decode(modality: Modality, data: bytes, where: str) -> np.ndarray:
     """Native array of one file's bytes; `where` (the file path or record key) names errors."""
+    return decode_draft(modality, data, where, 1)[0]
+
+
+def decode_draft(modality: Modality, data: bytes, where: str, factor: int
+                 ) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """`decode`, with a JPEG downscaled by `factor` (1, 2, 4 or 8) in the DCT domain (PIL's
+    `Image.draft`: libjpeg's scaled inverse DCT, cheaper than a full decode): output pixel
+    (y, x) stands for the source pixels [k y, k y + k) x [k x, k x + k), and the image has
+    ceil(H / k) x ceil(W / k) pixels. Other formats decode at full size.
+    Returns (array, the factor applied (1 unless a JPEG), full-size (H, W))."""
     if modality.storage == "npy":
         try:
-            return np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+            arr = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
         except Exception as e:
             raise CorruptFileError(f"{where}: cannot decode .npy ({e})") from e
-    img = open_image(data, where)
+        return arr, 1, arr.shape[:2]
+    img, applied, full = _open(data, where, factor)
+    return _image_array(modality, img, where), applied, full
+
+
+def _image_array(modality: Modality, img: Image.Image, where: str) -> np.ndarray:
+    """The native array of a decoded image, checked against the modality's storage."""
     if modality.storage == "rgb8":
         return np.asarray(img.convert("RGB"))
     arr = np.asarray(img)
@@ -65,11 +104,12 @@ def decode(modality: Modality, data: bytes, where: str) -> np.ndarray:
 
 
 def encode(modality: Modality, array: np.ndarray, ext: str | None = None,
-           jpeg_quality: int = 95) -> bytes:
+           jpeg_quality: int = 95, jpeg_subsampling: int = 0) -> bytes:
     """Inverse of `decode` (for writing datasets): PNG / JPEG / .npy bytes.
 
-    JPEG keeps full-resolution chroma (4:4:4): the default 4:2:0 halves the error budget on
-    small saturated textures."""
+    JPEG keeps full-resolution chroma (4:4:4) by default, as 4:2:0 blurs small saturated
+    textures; jpeg_subsampling takes PIL's codes (0 = 4:4:4, 1 = 4:2:2, 2 = 4:2:0, PIL's
+    default and that of most photos)."""
     ext = (ext or modality.write_ext).lower()
     buf = io.BytesIO()
     if ext == ".npy":
@@ -80,7 +120,7 @@ def encode(modality: Modality, array: np.ndarray, ext: str | None = None,
         Image.fromarray(np.asarray(array, np.uint8)[..., 0]).save(buf, format="PNG")
     elif ext in (".jpg", ".jpeg"):
         Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="JPEG", quality=jpeg_quality,
-                                                          subsampling=0)
+                                                          subsampling=jpeg_subsampling)
     else:
         Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
     return buf.getvalue()

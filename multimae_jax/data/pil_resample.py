@@ -41,17 +41,19 @@ def _keys_cubic(t: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=512)  # crops repeat sizes; each entry is ~40 KB
-def _coefficients(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Taps of one axis, as Pillow's precompute_coeffs for the box (0, n_in).
+def _coefficients(n_in: int, n_out: int, start: float = 0.0, length: float | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Taps of one axis, as Pillow's precompute_coeffs for the box (start, start + length),
+    by default (0, n_in); the taps stay inside [0, n_in).
 
     Returns (read-only) index (n_out, K) int64, the input positions each output reads, left to
     right (taps past an output's window repeat its last position); weight (n_out, K) float64,
     normalised, 0.0 past the window; fixed (n_out, K) int32, the 8-bit fixed-point weights.
     """
-    scale = n_in / n_out
+    scale = (n_in if length is None else length) / n_out
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
-    center = (np.arange(n_out) + 0.5) * scale
+    center = start + (np.arange(n_out) + 0.5) * scale
     # C's (int) truncates toward zero, as astype does; negatives are clamped to 0 anyway.
     first = np.maximum((center - support + 0.5).astype(np.int64), 0)
     count = np.minimum((center + support + 0.5).astype(np.int64), n_in) - first
@@ -92,35 +94,41 @@ def _pass(src: np.ndarray, index: np.ndarray, weight: np.ndarray, acc_dtype) -> 
     return acc
 
 
-def _resize(x: np.ndarray, size: tuple[int, int], run_pass) -> np.ndarray:
-    """ImagingResampleInner for the whole-image box: x (H, W, C) -> (size[0], size[1], C).
+def _resize(x: np.ndarray, size: tuple[int, int], run_pass, box=None) -> np.ndarray:
+    """ImagingResampleInner: x (H, W, C) -> (size[0], size[1], C).
 
     run_pass(src (P, N, M), index, weight, fixed) -> (P, n_out, M), resampling axis 1.
+    box: (top, left, height, width), floats, the region resized (Pillow's `resize(size,
+    box=(left, top, left + width, top + height))`; the filter may read pixels around it);
+    None: the whole image.
     """
     out_h, out_w = size
     if out_h < 1 or out_w < 1:
         raise ValueError(f"resize target size must be positive, got {size}")
     in_h, in_w = x.shape[:2]
-    index_v, weight_v, fixed_v = _coefficients(in_h, out_h)
+    top, left, height, width = (0.0, 0.0, float(in_h), float(in_w)) if box is None else box
+    index_v, weight_v, fixed_v = _coefficients(in_h, out_h, top, height)
     planes = x.transpose(2, 0, 1)  # (C, H, W)
-    if out_w != in_w:
+    # Pillow skips a pass whose axis keeps its size and its whole extent
+    if (out_w, left, width) != (in_w, 0, in_w):
         # Only the rows the vertical pass reads are resampled horizontally.
-        top, bottom = index_v[0, 0], index_v[-1, -1] + 1
-        index_v = index_v - top
-        cols = np.ascontiguousarray(planes[:, top:bottom].transpose(0, 2, 1))  # (C, W, rows)
-        cols = run_pass(cols, *_coefficients(in_w, out_w))
+        first, last = index_v[0, 0], index_v[-1, -1] + 1
+        index_v = index_v - first
+        cols = np.ascontiguousarray(planes[:, first:last].transpose(0, 2, 1))  # (C, W, rows)
+        cols = run_pass(cols, *_coefficients(in_w, out_w, left, width))
         planes = cols.transpose(0, 2, 1)
-    if out_h != in_h:
+    if (out_h, top, height) != (in_h, 0, in_h):
         planes = run_pass(np.ascontiguousarray(planes), index_v, weight_v, fixed_v)
     return np.ascontiguousarray(planes.transpose(1, 2, 0))
 
 
-def resize_bicubic_uint8(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_bicubic_uint8(x: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
     """PIL `Image.fromarray(x).resize((size[1], size[0]), Image.BICUBIC)` for 8-bit images, as
     Pillow 8.4-12.x compute it.
 
     x: uint8 (H, W) or (H, W, C); channels are resampled independently, as in PIL's 'L' and
     'RGB' modes (PIL premultiplies alpha for 'LA'/'RGBA'; this does not). size: (height, width).
+    box: (top, left, height, width) of x to resize, floats (PIL's `box` argument); None: all.
     Returns uint8 of the same rank, (height, width[, C]).
     """
     x = np.asarray(x)
@@ -134,16 +142,17 @@ def resize_bicubic_uint8(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         acc >>= _PRECISION_BITS
         return np.clip(acc, 0, 255).astype(np.uint8)
 
-    out = _resize(x.reshape(x.shape[:2] + (-1,)), size, run_pass)
+    out = _resize(x.reshape(x.shape[:2] + (-1,)), size, run_pass, box)
     return out.reshape(tuple(size) + x.shape[2:])
 
 
-def resize_bicubic_int32(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_bicubic_int32(x: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
     """PIL BICUBIC resize of a mode 'I' image: the official depth path.
 
     Pillow <= 10.2 opened the 16-bit depth PNG as mode 'I'; this equals
     `Image.fromarray(x.astype(np.int32), 'I').resize((size[1], size[0]), Image.BICUBIC)` of
     Pillow 8.4-12.x. x: integer (H, W) (uint16 depth, or int32). size: (height, width).
+    box: as in `resize_bicubic_uint8`.
     Returns int32 (height, width), rounded half away from zero and NOT clipped: the cubic
     overshoot at edges leaves 0..65535 (the official code divides by 2**16 as it is).
     """
@@ -162,5 +171,6 @@ def resize_bicubic_int32(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         acc += np.copysign(0.5, acc)
         return acc.astype(np.int32)
 
-    return _resize(x[..., None], size, run_pass)[..., 0].astype(np.int32)  # int32 if no pass ran
+    out = _resize(x[..., None], size, run_pass, box)
+    return out[..., 0].astype(np.int32)  # int32 also when no pass ran
 

@@ -11,25 +11,39 @@ import msgpack
 import numpy as np
 
 from multimae_jax.modalities import resolve
-from multimae_jax.data.codecs import CorruptFileError, decode
+from multimae_jax.data.codecs import CorruptFileError, decode_draft
 
 
 def decode_record(record: dict, modalities, skip_corrupt: bool = False,
-                  check_labels: bool = True) -> dict | None:
+                  check_labels: bool = True, draft: dict | None = None) -> dict | None:
     """{task: native array, 'label': int, 'key': str} of `modalities` (Modality objects or
     default names), or None for a corrupt sample when `skip_corrupt` (it is logged); otherwise
     CorruptFileError naming the file. Corrupt: a file that does not decode as its modality's
     storage, modalities of different H x W, or (with `check_labels`; fine-tuning labels have
-    their own rules, `dense_transforms.adapt_labels`) a label outside its modality's classes."""
+    their own rules, `dense_transforms.adapt_labels`) a label outside its modality's classes.
+
+    draft: {task: k} decodes those tasks' JPEG files at 1/k in the DCT domain
+    (`codecs.decode_draft`); the sample then holds 'drafted': {task: k applied} (tasks whose
+    file was no JPEG are left out) and sizes are compared at full resolution."""
     mods = resolve(modalities)
     paths = record.get("paths", {})
     where = {t: paths.get(t, f"{record['key']} ({t})") for t in mods}
     out = {"key": record["key"], "label": record["label"]}
+    draft, drafted, full = draft or {}, {}, {}
     try:
         for task, mod in mods.items():
             value = record[task]
-            out[task] = decode(mod, value, where[task]) if isinstance(value, bytes) else value
-        _check_sample(out, mods, where, check_labels)
+            if not isinstance(value, bytes):
+                out[task] = value
+                continue
+            out[task], factor, full[task] = decode_draft(mod, value, where[task],
+                                                         draft.get(task, 1))
+            if factor > 1:
+                drafted[task] = factor
+        _check_sample(out, mods, where, check_labels,
+                      {t: full[t] if t in drafted else out[t].shape[:2] for t in mods})
+        if draft:
+            out["drafted"] = drafted
     except CorruptFileError as e:
         if not skip_corrupt:
             raise
@@ -38,25 +52,26 @@ def decode_record(record: dict, modalities, skip_corrupt: bool = False,
     return out
 
 
-def check_same_size(key: str, arrays: dict, where: dict) -> None:
+def check_same_size(key: str, arrays: dict, where: dict, sizes: dict | None = None) -> None:
     """CorruptFileError naming every file (where[task]) and its H x W unless the arrays
-    {task: (H, W, ...)} of sample `key` share one H x W."""
-    sizes = {t: a.shape[:2] for t, a in arrays.items()}
+    {task: (H, W, ...)} of sample `key` (or the given `sizes` {task: (H, W)}) share one H x W."""
+    sizes = sizes or {t: a.shape[:2] for t, a in arrays.items()}
     if len(set(sizes.values())) > 1:
         raise CorruptFileError(f"{key}: modalities differ in size: " + ", ".join(
             f"{where[t]} {h}x{w}" for t, (h, w) in sizes.items()))
 
 
-def _check_sample(sample: dict, mods: dict, where: dict, check_labels: bool = True) -> None:
-    """CorruptFileError unless the decoded modalities share one H x W and every label lies in
-    0..num_classes-1 (one max per label map).
+def _check_sample(sample: dict, mods: dict, where: dict, check_labels: bool,
+                  sizes: dict) -> None:
+    """CorruptFileError unless the decoded modalities' full-resolution `sizes` {task: (H, W)}
+    agree and every label lies in 0..num_classes-1 (one max per label map).
 
     There is no 'ignore' label (such as 255) in pre-training: the official semseg input is an
     nn.Embedding of exactly num_classes rows (multimae/input_adapters.py: SemSegInputAdapter;
     run_pretraining_multimae.py: DOMAIN_CONF sets no emb_padding_idx) and its loss keeps
     F.cross_entropy's ignore_index -100 (multimae/criterion.py: MaskedCrossEntropyLoss), which
     no uint8 label reaches; a larger label crashes the official run without naming the file."""
-    check_same_size(sample["key"], {t: sample[t] for t in mods}, where)
+    check_same_size(sample["key"], {t: sample[t] for t in mods}, where, sizes)
     for t, m in mods.items():
         if not check_labels or m.kind != "labels" or not sample[t].size:
             continue

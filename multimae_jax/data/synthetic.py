@@ -95,39 +95,46 @@ class SyntheticScenes:
         return _render(np.random.default_rng((self.seed, index)), self.image_size, self.num_classes,
                        self.single_class, self.object_scale)
 
-    def write_folder(self, root, num_samples: int | None = None, *,
-                     folders: int | Sequence[str] = 4, rgb_format: str = "jpeg",
-                     jpeg_quality: int = 95, progress: bool = False) -> list[str]:
-        """Write samples 0 .. num_samples - 1 (default: all) in the official MultiMAE layout
-        root/<modality>/<folder>/<name><ext>: rgb JPEG (4:4:4; lossless PNG with
-        rgb_format='png'), depth 16-bit PNG, semseg 8-bit PNG. Sample i goes to folder
-        i % len(folders) ('n0000', ... when folders is a count) with name 's%06d' % i.
-        Returns the relative sample paths, e.g. 'n0000/s000123'."""
-        if rgb_format not in ("jpeg", "png"):
-            raise ValueError(f"rgb_format must be 'jpeg' or 'png', got {rgb_format!r}")
-        num_samples = len(self) if num_samples is None else num_samples
-        if isinstance(folders, int):
-            folders = [f"n{i:04d}" for i in range(folders)]
-        mods = modalities.resolve(self.MODALITIES)
-        exts = {name: ".png" if m.storage == "rgb8" and rgb_format == "png" else m.write_ext
-                for name, m in mods.items()}
-        root = Path(root)
-        for name in exts:
-            for folder in folders:
-                (root / name / folder).mkdir(parents=True, exist_ok=True)
+    def write_folder(self, root, num_samples: int | None = None, **options) -> list[str]:
+        """`write_samples` of this dataset: samples 0 .. num_samples - 1 (default: all)."""
+        return write_samples(self, root, num_samples, **options)
 
-        indices = range(num_samples)
-        if progress:
-            from tqdm import tqdm
-            indices = tqdm(indices, desc=f"writing {root}", unit="sample")
-        paths = []
-        for i in indices:
-            sample, rel = self[i], f"{folders[i % len(folders)]}/s{i:06d}"
-            for name, ext in exts.items():
-                atomic.write_bytes(root / name / (rel + ext),
-                                   encode(mods[name], sample[name], ext, jpeg_quality))
-            paths.append(rel)
-        return paths
+
+def write_samples(dataset, root, num_samples: int | None = None, *,
+                  folders: int | Sequence[str] = 4, rgb_format: str = "jpeg",
+                  jpeg_quality: int = 95, jpeg_subsampling: int = 0,
+                  progress: bool = False) -> list[str]:
+    """Write samples 0 .. num_samples - 1 (default: all) of `dataset` (index -> {modality:
+    array}, its modalities' names in `dataset.MODALITIES`) in the official MultiMAE layout
+    root/<modality>/<folder>/<name><ext>: rgb JPEG (4:4:4 unless jpeg_subsampling says
+    otherwise, see `codecs.encode`; lossless PNG with rgb_format='png'), depth 16-bit PNG,
+    semseg 8-bit PNG. Sample i goes to folder i % len(folders) ('n0000', ... when folders is a
+    count) with name 's%06d' % i. Returns the relative sample paths, e.g. 'n0000/s000123'."""
+    if rgb_format not in ("jpeg", "png"):
+        raise ValueError(f"rgb_format must be 'jpeg' or 'png', got {rgb_format!r}")
+    num_samples = len(dataset) if num_samples is None else num_samples
+    if isinstance(folders, int):
+        folders = [f"n{i:04d}" for i in range(folders)]
+    mods = modalities.resolve(dataset.MODALITIES)
+    exts = {name: ".png" if m.storage == "rgb8" and rgb_format == "png" else m.write_ext
+            for name, m in mods.items()}
+    root = Path(root)
+    for name in exts:
+        for folder in folders:
+            (root / name / folder).mkdir(parents=True, exist_ok=True)
+
+    indices = range(num_samples)
+    if progress:
+        from tqdm import tqdm
+        indices = tqdm(indices, desc=f"writing {root}", unit="sample")
+    paths = []
+    for i in indices:
+        sample, rel = dataset[i], f"{folders[i % len(folders)]}/s{i:06d}"
+        for name, ext in exts.items():
+            atomic.write_bytes(root / name / (rel + ext), encode(
+                mods[name], sample[name], ext, jpeg_quality, jpeg_subsampling))
+        paths.append(rel)
+    return paths
 
 
 def range_mask(sample: dict, max_depth_m: float = 10.0) -> np.ndarray:

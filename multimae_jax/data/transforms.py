@@ -143,19 +143,36 @@ class PretrainAugment:
         shapes = {t: sample[t].shape[:2] for t in self.tasks}
         if len(set(shapes.values())) > 1:
             raise ValueError(f"tasks must share one H x W, got {shapes}")
-        height, width = shapes[self.tasks[0]]
-        i, j, h, w, flip = self.draw(height, width, rng)
-        return {m.name: self._apply(m, sample[m.name], i, j, h, w, flip) for m in self.modalities}
+        return self.crop(sample, self.draw(*shapes[self.tasks[0]], rng))
 
-    def _apply(self, mod: Modality, x, i, j, h, w, flip):
+    def draft_factor(self, box: tuple) -> int:
+        """The largest k in (1, 2, 4, 8) that keeps the crop of box = (i, j, h, w, flip) at
+        least image_size pixels on both sides at 1/k resolution: how much a JPEG may be
+        downscaled while decoding (`codecs.decode_draft`) before the crop is resized."""
+        shorter = min(box[2], box[3])
+        return next(k for k in (8, 4, 2, 1) if shorter >= k * self.image_size or k == 1)
+
+    def crop(self, sample: dict, box: tuple, drafted: dict | None = None
+             ) -> dict[str, np.ndarray]:
+        """Every modality cropped to box = (i, j, h, w, flip) (see `draw`), resized and flipped.
+
+        drafted: {task: k} for images decoded at 1/k (`codecs.decode_draft`; bicubic
+        modalities only): their box is (i/k, j/k, h/k, w/k), resampled over the pixels it
+        touches (`crop_resize`), an approximation of the full-resolution result."""
+        drafted = drafted or {}
+        return {m.name: self.apply(m, sample[m.name], *box, drafted.get(m.name, 1))
+                for m in self.modalities}
+
+    def apply(self, mod: Modality, x, i, j, h, w, flip, factor: int = 1) -> np.ndarray:
+        """One modality's output (see the class docstring) of the crop (i, j, h, w, flip) of x,
+        an image at 1/factor of the full resolution (JPEG draft; bicubic modalities only)."""
         size = self.image_size
         if mod.resample == "bicubic":  # the official code crops first, then resizes
-            crop = x[i:i + h, j:j + w]
-            if mod.storage == "uint16":  # resized as the 32-bit 'I' image official PIL made of it
-                out = pil_resample.resize_bicubic_int32(crop, (size, size))[..., None]
-            else:
-                out = pil_resample.resize_bicubic_uint8(crop, (size, size))
+            out = crop_resize(x, (i / factor, j / factor, h / factor, w / factor), size,
+                              mod.storage == "uint16")
             return np.ascontiguousarray(out[:, ::-1] if flip else out)
+        if factor != 1:
+            raise ValueError(f"'{mod.name}': only bicubic modalities are decoded at 1/k")
         # NEAREST: compose crop, resize, flip (and the labels' second resize) into one gather.
         per_pixel = mod.storage == "uint16"
         rows = i + nearest_index(h, size, per_pixel)
@@ -173,6 +190,22 @@ class PretrainAugment:
         if mod.storage == "npy":
             return out.astype(np.float32)
         return out  # uint8 / uint16: compact between processes, scaled on the device
+
+
+def crop_resize(x: np.ndarray, box: tuple, size: int, int32: bool) -> np.ndarray:
+    """HOST: PIL's crop, then BICUBIC resize to size x size (`pil_resample`; the device's twin
+    is `device_augment.crop_resize`): x (H, W[, C]) uint8 or (H, W) integer; box (top, left,
+    height, width). An integer box is the official `img.crop(box).resize(...)`, bit-exact; a
+    fractional one (a drafted image's) crops the pixels it touches and resizes that box within
+    them. int32: the 16-bit depth path (`resize_bicubic_int32`, (S, S, 1) int32), else
+    (S, S[, C]) uint8."""
+    top, left, height, width = box
+    r0, c0 = math.floor(top), math.floor(left)
+    crop = x[r0:math.ceil(top + height), c0:math.ceil(left + width)]
+    inner = None if box == (r0, c0, height, width) else (top - r0, left - c0, height, width)
+    if int32:  # resized as the 32-bit 'I' image official PIL made of it
+        return pil_resample.resize_bicubic_int32(crop, (size, size), inner)[..., None]
+    return pil_resample.resize_bicubic_uint8(crop, (size, size), inner)
 
 
 def normalize(x: jnp.ndarray, mod: Modality) -> jnp.ndarray:

@@ -31,11 +31,12 @@ class AdapterGroup(nn.Module):
         return self.members[name](*args, **kwargs)
 
 
-def _precision(adapter: nn.Module, dtype: Any, residual_dtype: Any) -> dict:
-    """The precision fields the model sets on an adapter: `dtype`, and `residual_dtype` where the
-    adapter has that field (heads without LayerNorms or residual inputs, e.g. DPT, do not)."""
-    has_residual = any(f.name == "residual_dtype" for f in dataclasses.fields(adapter))
-    return {"dtype": dtype, **({"residual_dtype": residual_dtype} if has_residual else {})}
+def _fields(adapter: nn.Module, **values) -> dict:
+    """The model-wide fields set on an adapter: `values` less those it lacks (heads without
+    LayerNorms or residual inputs, e.g. DPT, have no `residual_dtype`; only the pre-training
+    decoder has `attention` and `gather_grad`)."""
+    names = {f.name for f in dataclasses.fields(adapter)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 class _Backbone(nn.Module):
@@ -44,7 +45,12 @@ class _Backbone(nn.Module):
     `dtype` is the matmul dtype; `residual_dtype` that of the adapters' output tokens, the global
     tokens, the encoder's residual stream and every LayerNorm. The default (float32 with a
     bfloat16 `dtype`) is the official fp16 autocast's split; bfloat16 makes everything bf16.
-    Adapters named in `fp32_output_adapters` run entirely in float32."""
+    Adapters named in `fp32_output_adapters` run entirely in float32 (with 'xla' attention).
+
+    How it computes, not what (the parameters and, up to float rounding, the outputs stay the
+    same): `attention` ('xla' | 'cudnn': layers._attend) of the encoder and the decoders;
+    `scan_blocks`, the encoder's blocks as one scan (layers.BlockStack); `gather_grad`
+    ('gather' | 'scatter': masking.take_tokens), the backward pass of the token gathers."""
     input_adapters: Mapping[str, nn.Module]
     output_adapters: Mapping[str, nn.Module] | None = None
     num_global_tokens: int = 1
@@ -60,24 +66,31 @@ class _Backbone(nn.Module):
     fp32_output_adapters: Sequence[str] = ()
     dtype: Any = jnp.float32
     residual_dtype: Any = jnp.float32
+    attention: str = "xla"
+    scan_blocks: bool = False
+    gather_grad: str = "gather"
 
     def setup(self):
         self.inputs = AdapterGroup(
             self.input_adapters,
-            {t: {"dim_tokens": self.dim_tokens, **_precision(a, self.dtype, self.residual_dtype)}
+            {t: {"dim_tokens": self.dim_tokens,
+                 **_fields(a, dtype=self.dtype, residual_dtype=self.residual_dtype)}
              for t, a in self.input_adapters.items()}, name="input_adapters")
         if self.output_adapters:
-            fp32 = (jnp.float32, jnp.float32)
+            fp32 = dict(dtype=jnp.float32, residual_dtype=jnp.float32, attention="xla")
+            own = dict(dtype=self.dtype, residual_dtype=self.residual_dtype,
+                       attention=self.attention)
             self.outputs = AdapterGroup(
                 self.output_adapters,
-                {t: _precision(a, *(fp32 if t in self.fp32_output_adapters
-                                    else (self.dtype, self.residual_dtype)))
+                {t: _fields(a, gather_grad=self.gather_grad,
+                            **(fp32 if t in self.fp32_output_adapters else own))
                  for t, a in self.output_adapters.items()}, name="output_adapters")
         self.global_tokens = self.param("global_tokens", inits.trunc_normal_02,
                                         (1, self.num_global_tokens, self.dim_tokens))
         self.encoder = BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias,
                                   self.drop_rate, self.attn_drop_rate, self.drop_path_rate,
-                                  self.remat, self.dtype, self.residual_dtype)
+                                  self.remat, self.dtype, self.residual_dtype, self.attention,
+                                  self.scan_blocks)
 
     def tokenize(self, x: Mapping[str, jax.Array]):
         """Runs the input adapters of the tasks present in x.
@@ -142,7 +155,7 @@ class MultiMAE(_Backbone):
                 jnp.concatenate([jnp.asarray(task_masks[t], jnp.int32) for t in num_tokens], 1), k)
 
         seq = jnp.concatenate(list(tokens.values()), axis=1)
-        seq = jnp.take_along_axis(seq, ids_keep[..., None], axis=1)
+        seq = masking.take_tokens(seq, ids_keep, ids_restore, self.gather_grad)
         encoded = self.encoder(self.with_global_tokens(seq), train)
         masks = masking.split_by_task(mask_all, num_tokens)
         if not self.output_adapters:

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from multimae_jax.masking import take_tokens
 from multimae_jax.models import inits
 from multimae_jax.models.input_adapters import pair, patch_dims, pos_emb_variable
 from multimae_jax.models.layers import BlockStack, CrossAttention, Mlp, dense, layer_norm
@@ -22,11 +23,6 @@ class TaskEmbeddings(nn.Module):
         return {t: self.param(t, inits.trunc_normal_02, (1, 1, self.dim)) for t in self.tasks}
 
 
-def _gather_tokens(x: jax.Array, ids: jax.Array) -> jax.Array:
-    """x: (B, N, C), ids: (B, M) -> (B, M, C)."""
-    return jnp.take_along_axis(x, ids[..., None], axis=1)
-
-
 class SpatialOutputAdapter(nn.Module):
     """Cross-attention decoder of one output task (the pre-training decoder).
 
@@ -39,6 +35,10 @@ class SpatialOutputAdapter(nn.Module):
     Precision as under the official autocast: queries and context (projected tokens plus mask
     token and embeddings) are in `residual_dtype`, but the cross-attention has no residual, so
     with use_xattn the stream after it is in `dtype` (the official one is fp16 there too).
+
+    `attention` (layers._attend) and `gather_grad` (masking.take_tokens: the backward pass of
+    putting the visible tokens back in place and of gathering them for the context) choose how
+    it computes, not what.
     """
     # `SpatialOutputAdapter.no_weight_decay()`; 'task_embeddings' names a ParameterDict (its
     # parameters are task_embeddings.<task>), so matched exactly it exempts nothing
@@ -62,6 +62,8 @@ class SpatialOutputAdapter(nn.Module):
     use_xattn: bool = True
     dtype: Any = jnp.float32
     residual_dtype: Any = jnp.float32
+    attention: str = "xla"
+    gather_grad: str = "gather"
 
     @nn.compact
     def __call__(self, encoder_tokens: jax.Array, input_info: dict, ids_keep: jax.Array,
@@ -86,11 +88,11 @@ class SpatialOutputAdapter(nn.Module):
 
         rd = self.residual_dtype
         ctx = dense(self.dim_tokens, "proj_context", self.dtype)(encoder_tokens)
-        # Full sequence in original task order: visible tokens, then mask tokens, unshuffled.
-        fill = jnp.broadcast_to(mask_token.astype(rd),
-                                (b, input_info["num_task_tokens"] - num_visible, self.dim_tokens))
-        seq = _gather_tokens(jnp.concatenate([ctx[:, :num_visible].astype(rd), fill], axis=1),
-                             ids_restore)
+        # Full sequence in original task order: the visible tokens put back in place (zeros
+        # elsewhere), the mask token where ids_restore points past the K visible ones.
+        seq = jnp.where((ids_restore < num_visible)[..., None],
+                        take_tokens(ctx[:, :num_visible].astype(rd), ids_restore, ids_keep,
+                                    self.gather_grad), mask_token.astype(rd))
         embeddings = []
         for t, info in input_info["tasks"].items():
             if info["num_tokens"] != nh * nw:
@@ -107,13 +109,13 @@ class SpatialOutputAdapter(nn.Module):
             if self.task in task_emb:
                 queries = queries + task_emb[self.task]
             queries = jnp.broadcast_to(queries, (b, nh * nw, self.dim_tokens)).astype(rd)
-        context = jnp.concatenate([_gather_tokens(seq, ids_keep), ctx[:, num_visible:].astype(rd)],
-                                  axis=1)
+        context = jnp.concatenate([take_tokens(seq, ids_keep, ids_restore, self.gather_grad),
+                                   ctx[:, num_visible:].astype(rd)], axis=1)
 
         x = queries
         if self.use_xattn:
             x = CrossAttention(self.num_heads, self.qkv_bias, self.attn_drop_rate, self.drop_rate,
-                               self.dtype, name="decoder")(
+                               self.dtype, self.attention, name="decoder")(
                 layer_norm("query_norm", rd)(queries), layer_norm("context_norm", rd)(context),
                 train)
             x = x + Mlp(int(self.dim_tokens * self.mlp_ratio), dtype=self.dtype, name="mlp")(
@@ -121,7 +123,8 @@ class SpatialOutputAdapter(nn.Module):
         if self.depth > 0:
             x = BlockStack(self.depth, self.num_heads, self.mlp_ratio, self.qkv_bias, self.drop_rate,
                            self.attn_drop_rate, self.drop_path_rate, dtype=self.dtype,
-                           residual_dtype=rd, name="decoder_transformer")(x, train)
+                           residual_dtype=rd, attention=self.attention,
+                           name="decoder_transformer")(x, train)
         x = dense(self.num_channels * ph * pw, "out_proj", self.dtype)(x)
         x = x.reshape(b, nh, nw, self.num_channels, ph, pw).transpose(0, 1, 4, 2, 5, 3)
         return x.reshape(b, nh * ph, nw * pw, self.num_channels)

@@ -42,10 +42,15 @@ def _decode(value):
     return value
 
 
+#: Fields that choose how a model computes, not what: a spec leaves them out, so that a
+#: checkpoint trained with cuDNN attention (GPU only) or scanned blocks loads anywhere.
+COMPUTE_FIELDS = ("attention", "scan_blocks", "gather_grad")
+
+
 def to_spec(module: nn.Module) -> dict:
-    """A model or adapter -> nested dict of its constructor fields."""
+    """A model or adapter -> nested dict of its constructor fields (less `COMPUTE_FIELDS`)."""
     fields = {f.name: _encode(getattr(module, f.name)) for f in dataclasses.fields(module)
-              if f.init and f.name not in ("parent", "name")}
+              if f.init and f.name not in ("parent", "name", *COMPUTE_FIELDS)}
     return {"class": type(module).__name__, **fields}
 
 

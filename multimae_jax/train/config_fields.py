@@ -14,6 +14,19 @@ def encoder_fields(input_tasks, image_size: int, drop_path_rate: float) -> ml_co
     m.num_global_tokens = 1
     m.drop_path_rate = drop_path_rate
     m.overrides = ml_collections.ConfigDict()  # encoder fields, e.g. dim_tokens, depth
+    # How the model computes, not what (the parameters and checkpoints are the same):
+    # attention of the encoder and decoders (a float32 decoder keeps 'xla'): "xla", the
+    # official's fp32 softmax, or "cudnn", jax.nn.dot_product_attention's cuDNN flash attention
+    # (an NVIDIA GPU, train.compute_dtype bfloat16, head dim a multiple of 8 up to 128, no
+    # attention dropout; probabilities rounded to bf16 before the product with V)
+    m.attention = "xla"
+    # True: the encoder's blocks run as one jax.lax.scan (one compiled block body instead of
+    # one per block); the same outputs and gradients, other random draws of drop path and dropout
+    m.scan_blocks = False
+    # the backward pass of the token gathers (visible tokens, the decoders' restore), whose
+    # indices are permutations: "gather" by the inverse permutation, or "scatter", JAX's
+    # autodiff scatter-add (the same values)
+    m.gather_grad = "gather"
     return m
 
 

@@ -52,6 +52,7 @@ def feature_model(config, inputs: tuple = ()):
                     num_global_tokens=mc.num_global_tokens,
                     dtype=DTYPES[config.train.compute_dtype],
                     residual_dtype=DTYPES[config.train.residual_dtype],
+                    attention=mc.attention, scan_blocks=mc.scan_blocks,
                     **mc.overrides.to_dict())
 
 

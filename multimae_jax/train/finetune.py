@@ -69,7 +69,8 @@ def input_modalities(config) -> dict:
 
 def model_with_head(config, head):
     """The MultiViT of config.model with `head` named config.target.name, in
-    config.train.compute_dtype (config.train.residual_dtype, remat: as in pre-training)."""
+    config.train.compute_dtype (config.train.residual_dtype, remat, model.attention,
+    model.scan_blocks: as in pre-training; MultiViT gathers no tokens)."""
     mc = config.model
     return multivit(mc.size, tuple(input_modalities(config).values()),
                     heads={config.target.name: head}, image_size=mc.image_size,
@@ -77,6 +78,7 @@ def model_with_head(config, head):
                     dtype=DTYPES[config.train.compute_dtype],
                     residual_dtype=DTYPES[config.train.residual_dtype],
                     remat=config.train.remat, drop_path_rate=mc.drop_path_rate,
+                    attention=mc.attention, scan_blocks=mc.scan_blocks,
                     **mc.overrides.to_dict())
 
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 
 from multimae_jax import losses, modalities
+from multimae_jax.data.device_augment import (box_key, crop_resize_batch, device_modalities,
+                                              random_canvas_batch)
 from multimae_jax.data.pipeline import make_dataset, make_source
 from multimae_jax.data.transforms import prepare_batch, random_stored_batch
 from multimae_jax.models.presets import pretrain_multimae
@@ -47,7 +49,8 @@ def build_model(config):
         fp32_output_adapters=tuple(config.train.fp32_output_adapters),
         dtype=DTYPES[config.train.compute_dtype], remat=config.train.remat,
         residual_dtype=DTYPES[config.train.residual_dtype],
-        drop_path_rate=mc.drop_path_rate, **mc.overrides.to_dict())
+        drop_path_rate=mc.drop_path_rate, attention=mc.attention, scan_blocks=mc.scan_blocks,
+        gather_grad=mc.gather_grad, **mc.overrides.to_dict())
 
 
 class PretrainObjective:
@@ -61,7 +64,10 @@ class PretrainObjective:
         self.config = config
         self.model = build_model(config)
         _, self.output_modalities, self.data_modalities = config_modalities(config)
-        self.batch_keys = tuple(self.data_modalities)
+        self.device_augment = config.data.get("augment", "host") == "device"
+        self.batch_keys = tuple(self.data_modalities) + (tuple(
+            box_key(m.name) for m in device_modalities(self.data_modalities.values()))
+            if self.device_augment else ())
         self.tasks = tuple(config.model.output_tasks)  # the order of the balancer's log_vars
 
     def init_variables(self, key) -> dict:
@@ -93,9 +99,15 @@ class PretrainObjective:
         return knn_evaluators(self.config, trainer, steps_per_epoch)
 
     def forward(self, params, buffers, batch, key, train: bool):
-        """Model inputs, predictions, masks and per-task losses of one (micro-)batch."""
+        """Model inputs, predictions, masks and per-task losses of one (micro-)batch; with
+        data.augment='device' the batch's canvases are cropped and resized first
+        (`device_augment.crop_resize_batch`)."""
         mc = self.config.masking
-        inputs = prepare_batch({t: batch[t] for t in self.batch_keys}, self.data_modalities)
+        batch = {t: batch[t] for t in self.batch_keys}
+        if self.device_augment:
+            batch = crop_resize_batch(batch, self.data_modalities.values(),
+                                      self.config.model.image_size)
+        inputs = prepare_batch(batch, self.data_modalities)
         mask_key, drop_key = jax.random.split(key)
         preds, masks = self.model.apply(
             {"params": params, "buffers": buffers}, inputs,
@@ -129,7 +141,12 @@ class PretrainObjective:
 
     def random_batch(self, key, batch_size: int) -> dict:
         """Random arrays in the layout and dtypes of the data pipeline's batches (for the
-        benchmark; `transforms.random_stored_batch`)."""
+        benchmark; `transforms.random_stored_batch`, or with data.augment='device'
+        `device_augment.random_canvas_batch`, so the step times the device augmentation)."""
+        if self.device_augment:
+            return random_canvas_batch(key, self.data_modalities.values(), batch_size,
+                                       self.config.model.image_size,
+                                       self.config.data.device_canvas)
         return random_stored_batch(key, self.data_modalities.values(), batch_size,
                                    self.config.model.image_size)
 
@@ -146,7 +163,11 @@ class PretrainObjective:
                                local_batch_size=c.data.global_batch_size // process_count,
                                seed=c.seed, process_index=process_index,
                                process_count=process_count, num_workers=c.data.num_workers,
-                               skip_corrupt=c.data.skip_corrupt, hflip=c.data.hflip)
+                               skip_corrupt=c.data.skip_corrupt, hflip=c.data.hflip,
+                               augment=c.data.get("augment", "host"),
+                               device_canvas=c.data.get("device_canvas", 384),
+                               worker_mode=c.data.get("worker_mode", "process"),
+                               jpeg_draft=c.data.get("jpeg_draft", False))
         return source, dataset
 
 

@@ -6,10 +6,15 @@ import math
 import os
 import re
 
+import jax
+
 from multimae_jax import modalities
+from multimae_jax.masking import GATHER_GRADS
+from multimae_jax.data.pipeline import AUGMENTS, WORKER_MODES
 from multimae_jax.data.taskonomy_transforms import TASKONOMY_TASKS, TaskonomyTask
 from multimae_jax.models import presets
 from multimae_jax.models.input_adapters import patch_dims
+from multimae_jax.models.layers import ATTENTION
 from multimae_jax.train import sharding
 from multimae_jax.train.pretrain import config_modalities
 from multimae_jax.train.step import DTYPES
@@ -83,6 +88,7 @@ def validate(config, num_devices: int, num_processes: int) -> None:
         raise ConfigError(f"config.objective={objective!r}: expected one of 'pretrain', "
                           "'finetune', 'classify', 'linear_probe', 'features'")
     _validate_encoder(config)
+    _validate_compute(config)
     _validate_mesh(config, num_devices)
     _validate_batch(config, num_devices, num_processes)
     _validate_data(config)
@@ -226,6 +232,42 @@ def _validate_encoder(config) -> None:
                           f"dim_tokens={dim} (model.size={mc.size} and its overrides)")
 
 
+def _validate_compute(config) -> None:
+    """How the model computes: model.attention, model.scan_blocks, model.gather_grad."""
+    mc = config.model
+    for field, allowed in (("attention", ATTENTION), ("gather_grad", GATHER_GRADS),
+                           ("scan_blocks", (False, True))):
+        if mc[field] not in allowed or not isinstance(mc[field], type(allowed[0])):
+            raise ConfigError(f"config.model.{field}={mc[field]!r}: expected one of {allowed}")
+    if mc.attention != "cudnn":
+        return
+    # jax.nn.dot_product_attention(implementation='cudnn') and the checks it makes
+    bad = "config.model.attention='cudnn': "
+    if (backend := jax.default_backend()) != "gpu":
+        raise ConfigError(f"{bad}cuDNN attention needs an NVIDIA GPU; this backend is {backend}")
+    if config.train.compute_dtype != "bfloat16":
+        raise ConfigError(f"{bad}cuDNN attention takes bf16 (or fp16) inputs; set "
+                          f"config.train.compute_dtype='bfloat16', not "
+                          f"{config.train.compute_dtype!r}")
+    encoder = presets.vit_preset(mc.size) | mc.overrides.to_dict()
+    if encoder.get("attn_drop_rate", 0) > 0:
+        raise ConfigError(f"{bad}cuDNN attention has no attention dropout; "
+                          f"config.model.overrides.attn_drop_rate={encoder['attn_drop_rate']} "
+                          f"must be 0")
+    capability = getattr(jax.devices()[0], "compute_capability", "0")
+    most = 256 if float(capability) >= 9 else 128  # Hopper on: 256
+    heads = {"config.model.overrides (encoder)": (encoder["dim_tokens"], encoder["num_heads"])}
+    if "decoder_dim" in mc:
+        heads["config.model.decoder_dim / decoder_num_heads"] = (mc.decoder_dim,
+                                                                 mc.decoder_num_heads)
+    for where, (dim, num_heads) in heads.items():
+        head_dim = dim // num_heads
+        if head_dim % 8 or head_dim > most:
+            raise ConfigError(f"{bad}cuDNN attention needs a head dimension that is a multiple "
+                              f"of 8 and at most {most} on this GPU; {where} give {dim} / "
+                              f"{num_heads} = {head_dim}")
+
+
 def _validate_masking(config) -> None:
     mc, masking = config.model, config.masking
     tokens_per_task = (mc.image_size // mc.patch_size) ** 2
@@ -269,6 +311,14 @@ def _validate_batch(config, num_devices: int, num_processes: int) -> None:
 
 
 def _validate_data(config) -> None:
+    d = config.data
+    for field, allowed in (("augment", AUGMENTS), ("worker_mode", WORKER_MODES)):
+        if d.get(field, allowed[0]) not in allowed:
+            raise ConfigError(f"config.data.{field}={d[field]!r}: expected one of {allowed}")
+    if d.get("augment") == "device" and not d.device_canvas >= config.model.image_size:
+        raise ConfigError(f"config.data.device_canvas={d.device_canvas}: must be >= "
+                          f"config.model.image_size={config.model.image_size} (each image "
+                          f"travels in a canvas of this side)")
     path = config.data.path
     if not path and config.data.synthetic_samples < 1:
         raise ConfigError(f"config.data.synthetic_samples={config.data.synthetic_samples}: must "

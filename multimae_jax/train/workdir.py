@@ -28,6 +28,9 @@ CONFIG, RUN_INFO, HISTORY, LOCK = "config.json", "run_info.json", "history", "lo
 #: adapters, the tasks, and the task balancer (whose parameters are in the optimizer state).
 IDENTITY = ("objective", "model.", "modalities.", "train.task_balancer", "head.", "target.",
             "data.recipe")
+#: ... except the model fields that choose how it computes, not what (or that a config.json
+#: written before they existed lacks)
+COMPUTE = ("model.attention", "model.scan_blocks", "model.gather_grad")
 BATCH = "data.global_batch_size"
 
 
@@ -73,7 +76,7 @@ def check_restart(workdir, config, process_count: int) -> dict:
     except (json.JSONDecodeError, AttributeError) as e:
         raise WorkdirError(f"{saved}: unreadable ({e}); restore it from "
                            f"{workdir / HISTORY} or use a new workdir") from None
-    refused = {k: v for k, v in changes.items() if k.startswith(IDENTITY)}
+    refused = {k: v for k, v in changes.items() if k.startswith(IDENTITY) and k not in COMPUTE}
     if refused:
         fields = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
         raise WorkdirError(f"{workdir} holds checkpoints of another model or tasks; changed: "
