@@ -74,7 +74,13 @@ def _log_probs_nll(logits, labels, ignore_index):
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     valid = labels != ignore_index
     safe = jnp.where(valid, labels, 0)
-    return logp, -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0], valid
+    # a one-hot product, not take_along_axis: the same values, and its gradient is element-wise
+    # (take_along_axis differentiates into a scatter-add, atomics on GPUs)
+    # (take_along_axis differentiates into a scatter-add, atomics on GPUs); a label out of
+    # range gives NaN, as take_along_axis's fill
+    classes = logp.shape[-1]
+    nll = -jnp.sum(logp * jax.nn.one_hot(safe, classes, dtype=logp.dtype), axis=-1)
+    return logp, jnp.where((safe >= 0) & (safe < classes), nll, jnp.nan), valid
 
 
 def masked_cross_entropy(logits, labels, mask=None, patch_size: int = 16, stride: int = 1,

@@ -247,11 +247,12 @@ def test_scan_blocks_applies_drop_path():
 
 
 def test_gather_grad_gather_equals_the_autodiff_scatter():
-    tasks = ("rgb", "depth")  # (semseg's class embedding has a scatter-add of its own)
+    tasks = ("rgb", "depth", "semseg")  # semseg: the class embedding's gradient too
     model = pretrain_multimae("tiny", tasks, tasks, image_size=16, patch_size=8, decoder_dim=16,
                               decoder_depth=1, decoder_num_heads=2, dim_tokens=16, depth=2,
-                              num_heads=2)
-    x = {"rgb": _normal(1, (2, 16, 16, 3)), "depth": _normal(2, (2, 16, 16, 1))}
+                              num_heads=2, num_classes=5)
+    x = {"rgb": _normal(1, (2, 16, 16, 3)), "depth": _normal(2, (2, 16, 16, 1)),
+         "semseg": jax.random.randint(jax.random.key(4), (2, 4, 4), 0, 5)}
     params = model.init(KEY, x, mask_inputs=False)
 
     def loss(m, p):
@@ -261,7 +262,8 @@ def test_gather_grad_gather_equals_the_autodiff_scatter():
     for mode in ("gather", "scatter"):
         m = model.clone(gather_grad=mode)
         jaxpr = str(jax.make_jaxpr(jax.grad(lambda p: loss(m, p)[0]))(params))
-        # the transposes of the token gathers (tests/test_step_hlo.py counts them)
+        # the transposes of the token gathers and of the class-embedding lookup
+        # (tests/test_step_hlo.py counts them)
         assert ("scatter-add" in jaxpr) == (mode == "scatter")
         results[mode] = jax.jit(jax.value_and_grad(lambda p: loss(m, p), has_aux=True))(params)
     (_, gathered), g = results["gather"]

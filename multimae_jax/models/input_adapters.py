@@ -96,6 +96,53 @@ class _InterpolatedClassEmbProj(nn.Module):
                        bias_init=inits.torch_default_bias(x.shape[-1]), name="1")(x)
 
 
+def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """Rows of table (R, D) at integer ids (...) -> (..., D), as nn.Embed (NaN rows for ids
+    out of range)."""
+    return jnp.take(table, ids, axis=0)
+
+
+@jax.custom_vjp
+def _lookup_one_hot_grad(table, ids):
+    return _lookup(table, ids)
+
+
+def _lookup_fwd(table, ids):
+    return _lookup(table, ids), (table, ids)  # the table is small (classes x features)
+
+
+def _lookup_bwd(residuals, cotangent):
+    table, ids = residuals
+    one_hot = jax.nn.one_hot(ids, table.shape[0], dtype=cotangent.dtype)
+    grad = jnp.einsum("...r,...d->rd", one_hot, cotangent, precision=jax.lax.Precision.HIGHEST,
+                      preferred_element_type=jnp.float32)
+    return grad.astype(table.dtype), None
+
+
+_lookup_one_hot_grad.defvjp(_lookup_fwd, _lookup_bwd)
+
+
+class ClassEmbedding(nn.Module):
+    """`nn.Embed` (the same parameter 'embedding' (rows, features), looked up in `dtype`) whose
+    gradient, with gather_grad='gather', is a one-hot matmul (one_hot(ids)^T cotangent, float32
+    accumulation) instead of JAX's scatter-add, which on GPUs adds every pixel's gradient into
+    the small table with atomics; the same sums in another order. 'scatter' keeps JAX's."""
+    rows: int
+    features: int
+    dtype: Any = jnp.float32
+    gather_grad: str = "gather"
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        if not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"{self.name}: expected integer labels, got {ids.dtype}")
+        table = self.param("embedding", inits.trunc_normal_02,
+                           (self.rows, self.features)).astype(self.dtype)
+        if self.gather_grad == "gather":
+            return _lookup_one_hot_grad(table, ids)
+        return _lookup(table, ids)
+
+
 class SemSegInputAdapter(nn.Module):
     """Integer label map (B, H_s, W_s) at 1/stride_level resolution -> tokens (B, N, dim_tokens).
 
@@ -120,6 +167,7 @@ class SemSegInputAdapter(nn.Module):
     emb_padding_idx: int | None = None
     dtype: Any = jnp.float32
     residual_dtype: Any = jnp.float32
+    gather_grad: str = "gather"  # the class embedding's backward pass (ClassEmbedding)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -132,8 +180,8 @@ class SemSegInputAdapter(nn.Module):
         pos = pos_emb_variable(self, grid, self.dim_tokens, self.sincos_pos_emb,
                                self.learnable_pos_emb)
         rows = self.num_classes + (self.emb_padding_idx is not None)
-        emb = nn.Embed(rows, self.dim_class_emb, dtype=self.residual_dtype,
-                       embedding_init=inits.trunc_normal_02, name="class_emb")(x)
+        emb = ClassEmbedding(rows, self.dim_class_emb, self.residual_dtype, self.gather_grad,
+                             name="class_emb")(x)
         if self.emb_padding_idx is not None:
             pad = (x == self.emb_padding_idx)[..., None]
             emb = jnp.where(pad, jax.lax.stop_gradient(emb), emb)

@@ -34,7 +34,7 @@ class AdapterGroup(nn.Module):
 def _fields(adapter: nn.Module, **values) -> dict:
     """The model-wide fields set on an adapter: `values` less those it lacks (heads without
     LayerNorms or residual inputs, e.g. DPT, have no `residual_dtype`; only the pre-training
-    decoder has `attention` and `gather_grad`)."""
+    decoder has `attention`, it and the semseg input adapter `gather_grad`)."""
     names = {f.name for f in dataclasses.fields(adapter)}
     return {k: v for k, v in values.items() if k in names}
 
@@ -50,7 +50,8 @@ class _Backbone(nn.Module):
     How it computes, not what (the parameters and, up to float rounding, the outputs stay the
     same): `attention` ('xla' | 'cudnn': layers._attend) of the encoder and the decoders;
     `scan_blocks`, the encoder's blocks as one scan (layers.BlockStack); `gather_grad`
-    ('gather' | 'scatter': masking.take_tokens), the backward pass of the token gathers."""
+    ('gather' | 'scatter': masking.take_tokens, input_adapters.ClassEmbedding), the backward
+    pass of the token gathers and of the class-embedding lookup."""
     input_adapters: Mapping[str, nn.Module]
     output_adapters: Mapping[str, nn.Module] | None = None
     num_global_tokens: int = 1
@@ -74,7 +75,8 @@ class _Backbone(nn.Module):
         self.inputs = AdapterGroup(
             self.input_adapters,
             {t: {"dim_tokens": self.dim_tokens,
-                 **_fields(a, dtype=self.dtype, residual_dtype=self.residual_dtype)}
+                 **_fields(a, dtype=self.dtype, residual_dtype=self.residual_dtype,
+                           gather_grad=self.gather_grad)}
              for t, a in self.input_adapters.items()}, name="input_adapters")
         if self.output_adapters:
             fp32 = dict(dtype=jnp.float32, residual_dtype=jnp.float32, attention="xla")

@@ -24,8 +24,9 @@ def encoder_fields(input_tasks, image_size: int, drop_path_rate: float) -> ml_co
     # one per block); the same outputs and gradients, other random draws of drop path and dropout
     m.scan_blocks = False
     # the backward pass of the token gathers (visible tokens, the decoders' restore), whose
-    # indices are permutations: "gather" by the inverse permutation, or "scatter", JAX's
-    # autodiff scatter-add (the same values)
+    # indices are permutations, and of the semseg class-embedding lookup: "gather" by the
+    # inverse permutation and a one-hot matmul, or "scatter", JAX's autodiff scatter-adds (the
+    # same values; scatter-adds use atomics on GPUs)
     m.gather_grad = "gather"
     return m
 
