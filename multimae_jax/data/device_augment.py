@@ -79,11 +79,8 @@ class CanvasAugment:
     def draft_factor(self, box: tuple) -> int:
         return self.augment.draft_factor(box)
 
-    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
-        shapes = {t: sample[t].shape[:2] for t in self.tasks}
-        if len(set(shapes.values())) > 1:
-            raise ValueError(f"tasks must share one H x W, got {shapes}")
-        return self.crop(sample, self.draw(*shapes[self.tasks[0]], rng))
+    # PretrainAugment's: checks the sample, draws the box, calls this class's `crop`
+    __call__ = PretrainAugment.__call__
 
     def crop(self, sample: dict, box: tuple, drafted: dict | None = None) -> dict:
         """The outputs for box = (i, j, h, w, flip) in full-resolution pixels; drafted: {task:
